@@ -1,0 +1,244 @@
+"""Alert messages, annotated snapshots and the Redis publisher.
+
+Each event state becomes one JSON message (``"schema": 1``). It is sent with
+PUBLISH on ``<prefix>:<camera>`` for live subscribers and with XADD to a stream
+capped by ``MAXLEN ~`` for durable consumers. Publishing runs on its own thread
+behind a bounded queue, so a slow or absent Redis never blocks the frame path;
+while Redis is unreachable the publisher retries the oldest message with backoff
+and keeps its order.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import json
+import logging
+import re
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import redis
+
+from pipeline.config import AlertsConfig, RedisConfig
+from pipeline.records import Event, Frame
+from pipeline.streams.backoff import Backoff, ExponentialBackoff
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+STREAM_FIELD = "alert"
+
+
+def _iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return dt.datetime.fromtimestamp(timestamp, tz=dt.UTC).isoformat(timespec="milliseconds")
+
+
+def alert_message(event: Event, language: str = "en") -> dict[str, Any]:
+    """Return the schema-1 alert message of ``event``, ready for ``json.dumps``."""
+    return {
+        "schema": SCHEMA_VERSION,
+        "event_id": event.id,
+        "state": event.state,
+        "camera": event.camera,
+        "rule": event.rule,
+        "rule_type": event.rule_type,
+        "label": event.label,
+        "severity": event.severity,
+        "zone": event.zone,
+        "track_ids": list(event.track_ids),
+        "started_at": _iso(event.started_at),
+        "ended_at": _iso(event.ended_at),
+        "scores": event.scores,
+        "box": None if event.box is None else [round(v, 1) for v in event.box],
+        "details": event.details,
+        "text": event.description.get(language, ""),
+        "description": event.description,
+        "snapshot": event.snapshot,
+    }
+
+
+def channel_for(prefix: str, camera: str) -> str:
+    return f"{prefix}:{camera}"
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def safe_name(text: str) -> str:
+    """Return ``text`` reduced to a file-name-safe form that cannot climb out of a folder."""
+    cleaned = _UNSAFE.sub("_", text).strip("._") or "_"
+    return cleaned[:64]
+
+
+class SnapshotWriter:
+    """Writes one annotated JPEG per event under ``<dir>/<camera>/<date>/``."""
+
+    def __init__(self, config: AlertsConfig) -> None:
+        self.root = config.snapshot_dir
+        self.quality = config.jpeg_quality
+
+    def annotate(self, event: Event, frame: Frame) -> np.ndarray:
+        image = frame.image.copy()
+        if event.box is not None:
+            x1, y1, x2, y2 = (round(v) for v in event.box)
+            cv2.rectangle(image, (x1, y1), (x2, y2), (0, 0, 255), 2)
+            caption = f"{event.rule} {event.label} #{','.join(map(str, event.track_ids))}"
+            cv2.putText(
+                image,
+                caption,
+                (x1, max(12, y1 - 6)),
+                cv2.FONT_HERSHEY_SIMPLEX,
+                0.5,
+                (0, 0, 255),
+                1,
+                cv2.LINE_AA,
+            )
+        stamp = dt.datetime.fromtimestamp(frame.captured_at).strftime("%Y-%m-%d %H:%M:%S")
+        cv2.putText(
+            image,
+            f"{event.camera} {stamp}",
+            (8, 18),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.5,
+            (255, 255, 255),
+            1,
+            cv2.LINE_AA,
+        )
+        return image
+
+    def path_for(self, event: Event) -> Path:
+        when = dt.datetime.fromtimestamp(event.started_at)
+        name = f"{when:%H%M%S}_{safe_name(event.rule)}_{event.id[:12]}.jpg"
+        return self.root / safe_name(event.camera) / f"{when:%Y%m%d}" / name
+
+    def write(self, event: Event, frame: Frame) -> str:
+        """Encode and write the snapshot; return its path."""
+        path = self.path_for(event)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ok, encoded = cv2.imencode(
+            ".jpg", self.annotate(event, frame), [cv2.IMWRITE_JPEG_QUALITY, self.quality]
+        )
+        if not ok:
+            raise OSError(f"JPEG encoding failed for event {event.id} of camera {event.camera}")
+        path.write_bytes(encoded.tobytes())
+        return str(path)
+
+
+PublishedListener = Callable[[dict[str, Any]], None]
+
+
+class AlertPublisher:
+    """Publishes alert messages to Redis from a thread of its own, in order.
+
+    ``submit`` never blocks. When the queue is full the oldest message is dropped,
+    logged at ERROR and counted, because a stale alert is worth less than a new one.
+    """
+
+    def __init__(
+        self,
+        config: RedisConfig,
+        client: redis.Redis,
+        queue_size: int = 1000,
+        backoff: Backoff | None = None,
+        on_published: PublishedListener | None = None,
+        on_failure: Callable[[], None] | None = None,
+        on_drop: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.client = client
+        self.backoff = backoff or ExponentialBackoff(initial=0.2, maximum=10.0)
+        self._queue: collections.deque[dict[str, Any]] = collections.deque()
+        self._queue_size = queue_size
+        self._condition = threading.Condition()
+        self._stop = False
+        self._on_published = on_published
+        self._on_failure = on_failure
+        self._on_drop = on_drop
+        self._thread = threading.Thread(target=self._run, name="alert-publisher", daemon=True)
+        self.published = 0
+        self.dropped = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def __len__(self) -> int:
+        with self._condition:
+            return len(self._queue)
+
+    def submit(self, message: dict[str, Any]) -> None:
+        with self._condition:
+            if len(self._queue) >= self._queue_size:
+                lost = self._queue.popleft()
+                self.dropped += 1
+                logger.error(
+                    "alert queue full (%d): dropped event %s (%s) of camera %s",
+                    self._queue_size,
+                    lost["event_id"],
+                    lost["state"],
+                    lost["camera"],
+                )
+                if self._on_drop is not None:
+                    self._on_drop(lost)
+            self._queue.append(message)
+            self._condition.notify()
+
+    def close(self, timeout: float = 5.0) -> bool:
+        """Publish what is queued, for up to ``timeout`` seconds; return True when nothing is left."""
+        with self._condition:
+            self._stop = True
+            self._condition.notify()
+        self._thread.join(timeout)
+        left = len(self)
+        if left:
+            logger.error("publisher stopped with %d alerts not delivered", left)
+        return left == 0
+
+    def _send(self, message: dict[str, Any]) -> None:
+        payload = json.dumps(message, ensure_ascii=False)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.publish(channel_for(self.config.channel_prefix, message["camera"]), payload)
+        pipe.xadd(
+            self.config.stream, {STREAM_FIELD: payload}, maxlen=self.config.stream_maxlen, approximate=True
+        )
+        pipe.execute()
+
+    def _run(self) -> None:
+        failing = False
+        while True:
+            with self._condition:
+                while not self._queue and not self._stop:
+                    self._condition.wait()
+                if not self._queue:
+                    return
+                message = self._queue[0]
+            try:
+                self._send(message)
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                if self._on_failure is not None:
+                    self._on_failure()
+                if self._stop:
+                    return
+                delay = self.backoff.next_delay()
+                if not failing:
+                    logger.warning("publishing to Redis failed, retrying in %.1f s: %s", delay, exc)
+                failing = True
+                with self._condition:
+                    self._condition.wait(delay)
+                continue
+            if failing:
+                logger.info("publishing to Redis recovered")
+                failing = False
+            self.backoff.reset()
+            with self._condition:
+                if self._queue and self._queue[0] is message:
+                    self._queue.popleft()
+            self.published += 1
+            if self._on_published is not None:
+                self._on_published(message)

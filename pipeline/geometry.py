@@ -1,0 +1,40 @@
+"""Plane geometry for zones and lines, in frame-fraction coordinates (x right, y down)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+Point = tuple[float, float]
+
+
+def point_in_polygon(point: Point, polygon: Sequence[Point]) -> bool:
+    """Return True when ``point`` lies inside ``polygon`` (even-odd rule; points on an edge may go either way)."""
+    x, y = point
+    inside = False
+    count = len(polygon)
+    for index in range(count):
+        x1, y1 = polygon[index]
+        x2, y2 = polygon[(index + 1) % count]
+        if (y1 > y) != (y2 > y):
+            crossing_x = x1 + (y - y1) * (x2 - x1) / (y2 - y1)
+            if x < crossing_x:
+                inside = not inside
+    return inside
+
+
+def side_of_line(point: Point, start: Point, end: Point) -> float:
+    """Return the cross product sign of ``point`` against the directed line ``start -> end``.
+
+    With y pointing down, a positive value means the point is on the right of someone
+    standing on ``start`` and facing ``end``; negative means left; zero means on the line.
+    """
+    return (end[0] - start[0]) * (point[1] - start[1]) - (end[1] - start[1]) * (point[0] - start[0])
+
+
+def segments_intersect(a1: Point, a2: Point, b1: Point, b2: Point) -> bool:
+    """Return True when segment ``a1-a2`` properly crosses segment ``b1-b2``."""
+    d1 = side_of_line(a1, b1, b2)
+    d2 = side_of_line(a2, b1, b2)
+    d3 = side_of_line(b1, a1, a2)
+    d4 = side_of_line(b2, a1, a2)
+    return (d1 * d2 < 0) and (d3 * d4 < 0)
