@@ -183,14 +183,24 @@ class ZoneIntrusion(Rule):
 
 
 class Loitering(Rule):
-    def __init__(
-        self, camera: str, name: str, rule: LoiteringRule, polygon: list[tuple[float, float]]
-    ) -> None:
+    def __init__(self, camera: str, name: str, rule: LoiteringRule, polygon: list[tuple[float, float]]) -> None:
         super().__init__(camera, name, rule, "loitering")
         self.rule = rule
         self.polygon = polygon
         self._inside_since: dict[int, float] = {}
-        self._last_inside: dict[int, float] = {}
+        # When a track inside was first seen outside again; a short step out keeps its dwell.
+        self._outside_since: dict[int, float] = {}
+
+    def _dwell(self, track_id: int, inside: bool, now: float) -> float | None:
+        """Update the track's dwell clock; return seconds in the zone, or None when outside."""
+        if not inside:
+            if track_id in self._inside_since:
+                self._outside_since.setdefault(track_id, now)
+            return None
+        left_at = self._outside_since.pop(track_id, None)
+        if track_id not in self._inside_since or (left_at is not None and now - left_at > self.rule.exit_grace_s):
+            self._inside_since[track_id] = now
+        return now - self._inside_since[track_id]
 
     def evaluate(self, frame: Frame, seen: list[Track], live: list[Track]) -> list[Event]:
         events: list[Event] = []
@@ -199,14 +209,10 @@ class Loitering(Rule):
         for track in seen:
             point = track.last
             tid = track.track_id
-            if not _class_allowed(self.rule, point.class_name) or not point_in_polygon(
-                (point.x, point.y), self.polygon
-            ):
+            inside = _class_allowed(self.rule, point.class_name) and point_in_polygon((point.x, point.y), self.polygon)
+            dwell = self._dwell(tid, inside, now)
+            if dwell is None:
                 continue
-            if tid not in self._inside_since or now - self._last_inside[tid] > self.rule.exit_grace_s:
-                self._inside_since[tid] = now
-            self._last_inside[tid] = now
-            dwell = now - self._inside_since[tid]
             if self.lifecycle.is_active(tid):
                 self.lifecycle.touch(tid, now)
             elif armed and dwell >= self.rule.dwell_s:
@@ -218,7 +224,7 @@ class Loitering(Rule):
         live_ids = {track.track_id for track in live}
         for tid in [tid for tid in self._inside_since if tid not in live_ids]:
             del self._inside_since[tid]
-            del self._last_inside[tid]
+            self._outside_since.pop(tid, None)
         events.extend(self.lifecycle.end_expired(frame, self.rule.exit_grace_s, live_ids))
         return events
 

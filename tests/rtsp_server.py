@@ -55,9 +55,7 @@ BIND_ADDRESS = "127.0.0.1"
 ROLE = "viewer"
 PREFLIGHT_TIMEOUT_S = 10
 
-PRODUCER_PIPELINE = (
-    "filesrc name=file ! qtdemux ! h264parse ! appsink name=sink sync=false emit-signals=true"
-)
+PRODUCER_PIPELINE = "filesrc name=file ! qtdemux ! h264parse ! appsink name=sink sync=false emit-signals=true"
 
 # The appsrc is live, so the RTSP media advertises an open range ("npt=now-")
 # and ignores seeks, like a camera. Its buffers carry running-time timestamps
@@ -157,9 +155,7 @@ class FileLoop:
 
     def _on_error(self, _bus: Gst.Bus, message: Gst.Message) -> None:
         error, debug = message.parse_error()
-        LOG.error(
-            "mount %s: producer error on %s: %s (%s)", self._mount, self._path, error.message, debug
-        )
+        LOG.error("mount %s: producer error on %s: %s (%s)", self._mount, self._path, error.message, debug)
         self._appsrc.emit("end-of-stream")
 
 
@@ -210,9 +206,7 @@ class LoopingFileServer:
 
         mount_points = self._server.get_mount_points()
         for mount, path in mounts:
-            mount_points.add_factory(
-                mount, self._build_factory(mount, path, with_auth=user is not None)
-            )
+            mount_points.add_factory(mount, self._build_factory(mount, path, with_auth=user is not None))
 
     def attach(self) -> None:
         """Bind and listen. Raises GLib.Error when the port cannot be bound."""
@@ -232,9 +226,7 @@ class LoopingFileServer:
         for loop in loops:
             loop.stop()
 
-    def _build_factory(
-        self, mount: str, path: Path, with_auth: bool
-    ) -> GstRtspServer.RTSPMediaFactory:
+    def _build_factory(self, mount: str, path: Path, with_auth: bool) -> GstRtspServer.RTSPMediaFactory:
         factory = GstRtspServer.RTSPMediaFactory()
         factory.set_launch(MEDIA_LAUNCH)
         factory.set_shared(False)
@@ -344,7 +336,7 @@ def main(argv: list[str]) -> int:
     try:
         server.attach()
     except GLib.Error as error:
-        LOG.error("failed to listen on %s:%d: %s", BIND_ADDRESS, args.port, error.message)
+        LOG.exception("failed to listen on %s:%d: %s", BIND_ADDRESS, args.port, error.message)
         return 1
 
     main_loop = GLib.MainLoop()

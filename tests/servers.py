@@ -116,9 +116,7 @@ class ServerProcess:
         early or is not ready within start_timeout_s.
         """
         if self.is_running():
-            raise ServerError(
-                f"{self.name} is already running on port {self.port} (pid {self.pid})"
-            )
+            raise ServerError(f"{self.name} is already running on port {self.port} (pid {self.pid})")
         command = self._command()
 
         # Output goes to files, not pipes, because a pipe that the test does
@@ -138,16 +136,12 @@ class ServerProcess:
         deadline = time.monotonic() + self.start_timeout_s
         while True:
             if self._process.poll() is not None:
-                message = (
-                    f"{self.name} exited with status {self._process.returncode} before it was ready"
-                )
+                message = f"{self.name} exited with status {self._process.returncode} before it was ready"
                 self._fail_start(message, command)
             if self._is_ready():
                 return
             if time.monotonic() > deadline:
-                message = (
-                    f"{self.name} was not ready on port {self.port} within {self.start_timeout_s} s"
-                )
+                message = f"{self.name} was not ready on port {self.port} within {self.start_timeout_s} s"
                 self._fail_start(message, command)
             time.sleep(0.05)
 
@@ -295,9 +289,7 @@ class RtspServer(ServerProcess):
     # Default of url_for()'s user and password: use the server's own credentials.
     _CONFIGURED = object()
 
-    def url_for(
-        self, mount: str, user: object = _CONFIGURED, password: object = _CONFIGURED
-    ) -> str:
+    def url_for(self, mount: str, user: object = _CONFIGURED, password: object = _CONFIGURED) -> str:
         """Build rtsp://[user:password@]127.0.0.1:PORT/MOUNT.
 
         By default the URL carries the server's own credentials. Pass other

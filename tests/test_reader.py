@@ -1,0 +1,160 @@
+"""Stream readers against real footage: files, a real RTSP server, and failures."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from pathlib import Path
+
+from servers import RtspServer
+
+from pipeline.config import CameraConfig
+from pipeline.records import Frame
+from pipeline.streams import FrameSlot, NoBackoff, ReaderState, StreamReader
+
+
+def camera(url: str | Path, **fields: object) -> CameraConfig:
+    return CameraConfig.model_validate({"url": str(url), **fields})
+
+
+class Collector(FrameSlot):
+    """A slot that keeps every frame, so a test can look at all of them."""
+
+    def __init__(self) -> None:
+        super().__init__(capacity=1)
+        self.frames: list[Frame] = []
+
+    def put(self, frame: Frame) -> bool:
+        self.frames.append(frame)
+        return True
+
+
+class States:
+    def __init__(self) -> None:
+        self.seen: list[ReaderState] = []
+        self.errors: list[str] = []
+        self.changed = threading.Event()
+
+    def __call__(self, camera: str, state: ReaderState, error: object) -> None:
+        self.seen.append(state)
+        if error is not None:
+            self.errors.append(str(error))
+        self.changed.set()
+
+
+def wait_for(condition, timeout: float) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_file_reads_to_end(fall_clip: Path) -> None:
+    slot, states = Collector(), States()
+    reader = StreamReader("ward", camera(fall_clip, realtime=False), slot, listener=states)
+    reader.start()
+    assert wait_for(lambda: reader.state is ReaderState.ENDED, 30)
+    assert reader.join(5)
+    assert len(slot.frames) > 50
+    first = slot.frames[0]
+    assert (first.width, first.height) == (640, 480)
+    timestamps = [f.timestamp for f in slot.frames]
+    assert timestamps == sorted(timestamps)
+    assert [f.seq for f in slot.frames] == list(range(1, len(slot.frames) + 1))
+
+
+def test_file_loop_keeps_time_increasing(fall_clip: Path) -> None:
+    slot = Collector()
+    reader = StreamReader("ward", camera(fall_clip, realtime=False, loop=True), slot)
+    reader.start()
+    assert wait_for(lambda: len(slot.frames) > 400, 60), "a looping file should keep producing frames"
+    reader.stop()
+    assert reader.join(5)
+    timestamps = [f.timestamp for f in slot.frames]
+    assert all(b > a for a, b in itertools.pairwise(timestamps)), (
+        "stream time must not jump back at a loop"
+    )
+    assert timestamps[-1] > 12.0, "more than one pass of a 7 s clip"
+
+
+def test_fps_limit(fall_clip: Path) -> None:
+    slot = Collector()
+    reader = StreamReader("ward", camera(fall_clip, realtime=False, fps=5), slot)
+    reader.start()
+    assert wait_for(lambda: reader.state is ReaderState.ENDED, 30)
+    gaps = [b.timestamp - a.timestamp for a, b in zip(slot.frames, slot.frames[1:], strict=False)]
+    assert min(gaps) >= 0.19
+    duration = slot.frames[-1].timestamp
+    assert abs(len(slot.frames) - duration * 5) <= 2
+
+
+def test_realtime_file_is_paced(fall_clip: Path) -> None:
+    slot = Collector()
+    reader = StreamReader("ward", camera(fall_clip), slot)
+    reader.start()
+    time.sleep(2.0)
+    reader.stop()
+    reader.join(5)
+    # About 29 fps for 2 s; without pacing a 2-core machine decodes hundreds.
+    assert 30 <= len(slot.frames) <= 75
+
+
+def test_missing_file_backs_off_with_clear_error(tmp_path: Path) -> None:
+    slot, states = Collector(), States()
+    backoff = NoBackoff()
+    reader = StreamReader("yard", camera(tmp_path / "nope.mp4"), slot, backoff=backoff, listener=states)
+    reader.start()
+    assert wait_for(lambda: backoff.calls >= 3, 10)
+    reader.stop()
+    assert reader.join(5)
+    assert ReaderState.BACKOFF in states.seen
+    assert "camera 'yard'" in states.errors[0]
+    assert "not_found" in states.errors[0]
+
+
+def test_rtsp_reads_and_reconnects(person_clip: Path) -> None:
+    with RtspServer({"/lobby": person_clip}) as server:
+        slot, states = Collector(), States()
+        backoff = NoBackoff()
+        reader = StreamReader(
+            "lobby",
+            camera(server.url_for("/lobby"), stall_timeout_s=3),
+            slot,
+            backoff=backoff,
+            listener=states,
+        )
+        reader.start()
+        try:
+            assert wait_for(lambda: len(slot.frames) >= 10, 20), "no frames from the RTSP server"
+            assert (slot.frames[0].width, slot.frames[0].height) == (768, 432)
+            server.stop()
+            assert wait_for(lambda: reader.state is not ReaderState.STREAMING, 10)
+            count = len(slot.frames)
+            server.start()
+            assert wait_for(lambda: len(slot.frames) > count + 10, 30), "no frames after the server came back"
+            assert reader.reconnects >= 1
+            timestamps = [f.timestamp for f in slot.frames]
+            assert timestamps == sorted(timestamps)
+        finally:
+            reader.stop()
+            assert reader.join(10)
+
+
+def test_rtsp_wrong_password_is_auth_error(person_clip: Path) -> None:
+    with RtspServer({"/lobby": person_clip}, user="viewer", password="right") as server:
+        slot, states = Collector(), States()
+        backoff = NoBackoff()
+        url = server.url_for("/lobby", password="wrong@pass")
+        reader = StreamReader("lobby", camera(url, open_timeout_s=5), slot, backoff=backoff, listener=states)
+        reader.start()
+        try:
+            assert wait_for(lambda: bool(states.errors), 20)
+        finally:
+            reader.stop()
+            reader.join(10)
+        assert "auth" in states.errors[0], states.errors[0]
+        assert "wrong@pass" not in " ".join(states.errors)
+        assert slot.frames == []
