@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -98,7 +99,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
         if args.from_id is not None:
             last_id = args.from_id
             while True:
-                batches = client.xread({args.stream: last_id}, count=100, block=1000)
+                batches: Any = client.xread({args.stream: last_id}, count=100, block=1000)
                 for _stream, entries in batches:
                     for entry_id, fields in entries:
                         last_id = entry_id

@@ -31,7 +31,8 @@ from pipeline.errors import ConfigError
 
 CAMERA_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 Point = tuple[Fraction, Fraction]
@@ -71,7 +72,7 @@ class LineConfig(StrictModel):
 class Schedule(StrictModel):
     """Local-time window in which a rule is armed. ``end`` before ``start`` wraps past midnight."""
 
-    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(default=list(WEEKDAYS))
+    days: list[Weekday] = Field(default_factory=lambda: list(WEEKDAYS))
     start: dt.time = dt.time(0, 0)
     end: dt.time = dt.time(23, 59, 59)
 
@@ -167,7 +168,11 @@ class CameraConfig(StrictModel):
     enabled: bool = True
     fps: float | None = Field(default=None, gt=0, le=240, description="Maximum frames per second taken.")
     loop: bool = Field(default=False, description="Files only: start again at the end.")
-    realtime: bool = Field(default=True, description="Files only: read at the clip's own frame rate.")
+    realtime: bool = Field(
+        default=True,
+        description="Files only: read at the clip's own frame rate. When false the file is read as fast as "
+        "the pipeline takes frames, and none is dropped.",
+    )
     transport: Literal["tcp", "udp"] = "tcp"
     open_timeout_s: float = Field(default=10.0, gt=0, le=300)
     stall_timeout_s: float = Field(default=10.0, gt=0, le=600, description="Reconnect when no frame arrives.")

@@ -26,7 +26,7 @@ from pipeline.metrics import Metrics
 from pipeline.motion import MotionGate
 from pipeline.records import Event, Frame
 from pipeline.rules import RuleEngine
-from pipeline.streams import FrameSlot, ReaderState, StreamReader
+from pipeline.streams import FrameSlot, Overflow, ReaderState, StreamReader, is_network_url
 from pipeline.tracking import CameraTracker
 
 logger = logging.getLogger(__name__)
@@ -101,7 +101,10 @@ class Daemon:
             if not camera.enabled:
                 logger.info("camera %s: disabled in the config", camera_id)
                 continue
-            slot = FrameSlot(camera.slot_size, wake=self._wake)
+            # A file read faster than real time is not live: waiting for the pipeline loses nothing.
+            paced = camera.realtime or is_network_url(camera.url.get_secret_value())
+            overflow = Overflow.DROP_OLDEST if paced else Overflow.WAIT
+            slot = FrameSlot(camera.slot_size, wake=self._wake, overflow=overflow)
             self.cameras[camera_id] = CameraRuntime(
                 camera=camera_id,
                 reader=StreamReader(camera_id, camera, slot, listener=self._on_reader_state),

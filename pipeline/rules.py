@@ -183,7 +183,9 @@ class ZoneIntrusion(Rule):
 
 
 class Loitering(Rule):
-    def __init__(self, camera: str, name: str, rule: LoiteringRule, polygon: list[tuple[float, float]]) -> None:
+    def __init__(
+        self, camera: str, name: str, rule: LoiteringRule, polygon: list[tuple[float, float]]
+    ) -> None:
         super().__init__(camera, name, rule, "loitering")
         self.rule = rule
         self.polygon = polygon
@@ -198,7 +200,9 @@ class Loitering(Rule):
                 self._outside_since.setdefault(track_id, now)
             return None
         left_at = self._outside_since.pop(track_id, None)
-        if track_id not in self._inside_since or (left_at is not None and now - left_at > self.rule.exit_grace_s):
+        if track_id not in self._inside_since or (
+            left_at is not None and now - left_at > self.rule.exit_grace_s
+        ):
             self._inside_since[track_id] = now
         return now - self._inside_since[track_id]
 
@@ -209,7 +213,9 @@ class Loitering(Rule):
         for track in seen:
             point = track.last
             tid = track.track_id
-            inside = _class_allowed(self.rule, point.class_name) and point_in_polygon((point.x, point.y), self.polygon)
+            inside = _class_allowed(self.rule, point.class_name) and point_in_polygon(
+                (point.x, point.y), self.polygon
+            )
             dwell = self._dwell(tid, inside, now)
             if dwell is None:
                 continue

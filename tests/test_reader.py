@@ -25,7 +25,7 @@ class Collector(FrameSlot):
         super().__init__(capacity=1)
         self.frames: list[Frame] = []
 
-    def put(self, frame: Frame) -> bool:
+    def put(self, frame: Frame, timeout: float | None = None) -> bool:
         self.frames.append(frame)
         return True
 
@@ -74,9 +74,7 @@ def test_file_loop_keeps_time_increasing(fall_clip: Path) -> None:
     reader.stop()
     assert reader.join(5)
     timestamps = [f.timestamp for f in slot.frames]
-    assert all(b > a for a, b in itertools.pairwise(timestamps)), (
-        "stream time must not jump back at a loop"
-    )
+    assert all(b > a for a, b in itertools.pairwise(timestamps)), "stream time must not jump back at a loop"
     assert timestamps[-1] > 12.0, "more than one pass of a 7 s clip"
 
 
@@ -158,3 +156,37 @@ def test_rtsp_wrong_password_is_auth_error(person_clip: Path) -> None:
         assert "auth" in states.errors[0], states.errors[0]
         assert "wrong@pass" not in " ".join(states.errors)
         assert slot.frames == []
+
+
+def test_rtsp_frozen_server_triggers_stall_reconnect(person_clip: Path) -> None:
+    """A server that keeps the TCP connection open but sends nothing (SIGSTOP) is a frozen camera."""
+    import os
+    import signal
+
+    with RtspServer({"/lobby": person_clip}) as server:
+        slot, states = Collector(), States()
+        config = camera(server.url_for("/lobby"), stall_timeout_s=2, open_timeout_s=2)
+        reader = StreamReader("lobby", config, slot, backoff=NoBackoff(), listener=states)
+        reader.start()
+        try:
+            assert wait_for(lambda: len(slot.frames) >= 5, 20)
+            assert server.pid is not None
+            os.kill(server.pid, signal.SIGSTOP)
+            frozen_at = time.monotonic()
+            try:
+                assert wait_for(lambda: ReaderState.BACKOFF in states.seen, 15), (
+                    "the frozen stream was not detected"
+                )
+                detected_after = time.monotonic() - frozen_at
+            finally:
+                os.kill(server.pid, signal.SIGCONT)
+            count = len(slot.frames)
+            assert wait_for(lambda: len(slot.frames) > count + 5, 30), "no frames after the server resumed"
+        finally:
+            reader.stop()
+            assert reader.join(10)
+        # Stall timeout 2 s; PyAV's read timeout fires a little later than that.
+        assert detected_after < 8
+        assert any(
+            "timed out" in error or "stalled" in error or "ended" in error for error in states.errors
+        ), states.errors

@@ -12,7 +12,7 @@ import pytest
 from pipeline.batching import BatchScheduler
 from pipeline.records import Frame
 from pipeline.redact import redact_text, redact_url
-from pipeline.streams import ExponentialBackoff, FrameSlot
+from pipeline.streams import ExponentialBackoff, FrameSlot, Overflow
 
 IMAGE = np.zeros((4, 4, 3), dtype=np.uint8)
 
@@ -73,6 +73,22 @@ def test_slot_stays_bounded_under_load() -> None:
         slot.put(frame("a", seq))
     assert len(slot) == 3
     assert slot.dropped == 10_000 - 3
+
+
+def test_slot_wait_policy_blocks_until_taken() -> None:
+    slot = FrameSlot(capacity=1, overflow=Overflow.WAIT)
+    assert slot.put(frame("a", 1))
+    started = time.monotonic()
+    assert not slot.put(frame("a", 2), timeout=0.2), "a full WAIT slot must not take the frame"
+    assert time.monotonic() - started >= 0.19
+    assert slot.dropped == 0
+
+    threading.Timer(0.2, slot.take).start()
+    assert slot.put(frame("a", 3), timeout=5)
+    taken = slot.take()
+    assert taken is not None
+    assert taken.seq == 3
+    assert slot.dropped == 0
 
 
 def test_slot_wakes_consumer() -> None:

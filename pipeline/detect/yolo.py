@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -89,7 +90,7 @@ class YoloDetector:
             verbose=False,
         )
         detections = []
-        for result in results:
+        for result in cast("list[Any]", results):
             boxes = result.boxes.cpu().numpy()
             detections.append(Detections.from_arrays(boxes.xyxy, boxes.conf, boxes.cls, self.names))
         # .cpu() above waits for the GPU, so this interval covers the whole batch.

@@ -20,13 +20,16 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import cast
 from urllib.parse import urlsplit
 
 import av
 import av.error
+import numpy as np
+import numpy.typing as npt
 
 from pipeline.config import CameraConfig
-from pipeline.errors import StreamEndedError, StreamError, StreamOpenError, StreamStalledError
+from pipeline.errors import OpenFailure, StreamEndedError, StreamError, StreamOpenError, StreamStalledError
 from pipeline.records import Frame
 from pipeline.redact import redact_text, redact_url
 from pipeline.streams.backoff import Backoff, ExponentialBackoff
@@ -60,7 +63,7 @@ def _secrets_of(url: str) -> tuple[str, ...]:
 def classify_open_error(camera: str, url: str, exc: BaseException) -> StreamOpenError:
     """Map a PyAV or OS error raised while opening to a ``StreamOpenError`` with a reason."""
     message = redact_text(str(exc), _secrets_of(url))
-    reason: str
+    reason: OpenFailure
     if isinstance(exc, av.error.HTTPUnauthorizedError | av.error.HTTPForbiddenError):
         reason = "auth"
     elif isinstance(exc, av.error.HTTPNotFoundError | FileNotFoundError):
@@ -81,7 +84,7 @@ def classify_open_error(camera: str, url: str, exc: BaseException) -> StreamOpen
         reason = "unreachable"
     else:
         reason = "unknown"
-    return StreamOpenError(camera, reason, message)  # type: ignore[arg-type]
+    return StreamOpenError(camera, reason, message)
 
 
 class StreamReader:
@@ -198,7 +201,7 @@ class StreamReader:
         if not container.streams.video:
             container.close()
             raise StreamOpenError(self.camera, "codec", "the source has no video stream")
-        return container  # type: ignore[return-value]
+        return container
 
     def _read_once(self) -> None:
         """Open the source and read until it ends or fails."""
@@ -207,7 +210,11 @@ class StreamReader:
             self._set_state(ReaderState.STREAMING)
             self.backoff.reset()
             for frame in self._decode(container):
-                self.slot.put(frame)
+                # Under the WAIT policy put() blocks while the pipeline is busy; retry in
+                # short steps so that stop() is noticed.
+                while not self.slot.put(frame, timeout=0.5):
+                    if self._stop.is_set():
+                        return
         finally:
             container.close()
         if self._stop.is_set():
@@ -266,7 +273,7 @@ class StreamReader:
                     seq=self._seq,
                     timestamp=timestamp,
                     captured_at=self.last_frame_at,
-                    image=decoded.to_ndarray(format="bgr24"),
+                    image=cast("npt.NDArray[np.uint8]", decoded.to_ndarray(format="bgr24")),
                 )
         except av.error.FFmpegError as exc:
             message = redact_text(str(exc), self._secrets)

@@ -3,33 +3,58 @@
 from __future__ import annotations
 
 import collections
+import enum
 import threading
 
 from pipeline.records import Frame
 
 
-class FrameSlot:
-    """Holds at most ``capacity`` frames; a put into a full slot drops the oldest.
+class Overflow(enum.Enum):
+    """What a put into a full slot does."""
 
-    Drop-oldest keeps the newest picture, which is what a live monitor needs: a slow
-    detector skips frames instead of falling further behind. ``dropped`` counts the
-    frames lost this way.
+    DROP_OLDEST = "drop_oldest"
+    """Drop the oldest frame and count it: for live cameras, where the newest picture matters."""
+    WAIT = "wait"
+    """Block the reader until there is room: for files read faster than real time, where nothing need be lost."""
+
+
+class FrameSlot:
+    """Holds at most ``capacity`` frames of one camera.
+
+    With ``Overflow.DROP_OLDEST`` a slow detector skips frames instead of falling further
+    behind, and ``dropped`` counts the frames lost. With ``Overflow.WAIT`` the reader
+    waits for the consumer, so a recorded file is processed whole at the pipeline's pace.
     """
 
-    def __init__(self, capacity: int = 2, wake: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        capacity: int = 2,
+        wake: threading.Event | None = None,
+        overflow: Overflow = Overflow.DROP_OLDEST,
+    ) -> None:
         if capacity < 1:
             raise ValueError(f"slot capacity must be at least 1, got {capacity}")
         self._frames: collections.deque[Frame] = collections.deque(maxlen=capacity)
-        self._lock = threading.Lock()
+        self._condition = threading.Condition()
         self.capacity = capacity
+        self.overflow = overflow
         self.dropped = 0
         # Set on every put, so a consumer of many slots can sleep until any of them has a frame.
         self._wake = wake
 
-    def put(self, frame: Frame) -> bool:
-        """Store a frame; return False when the oldest frame had to be dropped for it."""
-        with self._lock:
+    def put(self, frame: Frame, timeout: float | None = None) -> bool:
+        """Store a frame; return False when it was not stored cleanly.
+
+        Under ``DROP_OLDEST`` False means the oldest frame was dropped for this one.
+        Under ``WAIT`` False means ``timeout`` seconds passed without room, and the new
+        frame was not stored; the caller decides whether to try again.
+        """
+        with self._condition:
             full = len(self._frames) == self.capacity
+            if full and self.overflow is Overflow.WAIT:
+                if not self._condition.wait_for(lambda: len(self._frames) < self.capacity, timeout):
+                    return False
+                full = False
             if full:
                 self.dropped += 1
             self._frames.append(frame)
@@ -39,9 +64,13 @@ class FrameSlot:
 
     def take(self) -> Frame | None:
         """Remove and return the oldest frame, or None when empty."""
-        with self._lock:
-            return self._frames.popleft() if self._frames else None
+        with self._condition:
+            if not self._frames:
+                return None
+            frame = self._frames.popleft()
+            self._condition.notify()
+            return frame
 
     def __len__(self) -> int:
-        with self._lock:
+        with self._condition:
             return len(self._frames)
