@@ -59,7 +59,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     daemon.start()
-    stop.wait()
+    # Wake up regularly: a signal delivered to one of FFmpeg's threads only sets a flag,
+    # and an untimed wait in the main thread would never look at it.
+    while not stop.wait(0.5):
+        pass
     daemon.stop()
     return 0
 

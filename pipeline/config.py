@@ -203,6 +203,9 @@ class DetectorConfig(StrictModel):
     conf: float = Field(default=0.35, gt=0, lt=1)
     iou: float = Field(default=0.5, gt=0, lt=1)
     classes: list[str] | None = Field(default=None, description="Class names to keep; all when omitted.")
+    cpu_threads: int | None = Field(
+        default=None, ge=1, le=256, description="Torch threads for CPU inference; all cores when omitted."
+    )
     agnostic_nms: bool = Field(
         default=True,
         description="Suppress overlapping boxes across classes, so one person labelled twice is one track.",
@@ -229,6 +232,12 @@ class TrackingConfig(StrictModel):
     low_thresh: float = Field(default=0.1, gt=0, lt=1)
     new_track_thresh: float = Field(default=0.25, gt=0, lt=1)
     match_thresh: float = Field(default=0.8, gt=0, le=1)
+    relink_iou: float | None = Field(
+        default=0.3,
+        gt=0,
+        le=1,
+        description="A new track whose box overlaps a just-lost track's by this IoU continues it; null disables.",
+    )
     history: int = Field(default=64, ge=2, le=10000, description="Positions kept per track.")
     max_tracks: int = Field(default=256, ge=1, le=100000, description="Live tracks kept per camera.")
 

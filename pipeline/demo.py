@@ -122,8 +122,12 @@ def run_demo(
 
         stopped = threading.Event()
         previous = signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+        deadline = None if duration is None else time.monotonic() + duration
         try:
-            stopped.wait(duration)
+            # Short waits, so that a signal delivered to a decoder thread is handled promptly.
+            while not stopped.wait(0.5):
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
         except KeyboardInterrupt:
             pass
         finally:

@@ -44,6 +44,19 @@ class Track:
         return self.history[-1].timestamp
 
 
+def box_iou(
+    a: tuple[float, float, float, float] | npt.NDArray[np.float64], b: npt.NDArray[np.float64]
+) -> float:
+    """Return the intersection over union of two xyxy boxes."""
+    width = min(a[2], b[2]) - max(a[0], b[0])
+    height = min(a[3], b[3]) - max(a[1], b[1])
+    if width <= 0 or height <= 0:
+        return 0.0
+    inter = width * height
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
 class _TrackerInput:
     """The minimal results object BYTETracker reads: ``conf``, ``cls``, ``xywh`` and boolean indexing."""
 
@@ -76,6 +89,8 @@ class CameraTracker:
         self._tracker = self._new_tracker()
         self.tracks: dict[int, Track] = {}
         self._names: dict[int, str] = {}
+        # ByteTrack id -> (Vigil track id, stream time it was last used).
+        self._aliases: dict[int, tuple[int, float]] = {}
 
     def _new_tracker(self) -> BYTETracker:
         args = types.SimpleNamespace(
@@ -106,25 +121,68 @@ class CameraTracker:
             _TrackerInput(xywh, detections.confidence, detections.class_id.astype(np.float32)), frame.image
         )
         if len(rows) == 0:
-            tracked = Detections.empty()
-            tracked = Detections(
-                tracked.xyxy, tracked.confidence, tracked.class_id, (), np.zeros(0, dtype=np.int64)
-            )
-        else:
-            rows = np.asarray(rows, dtype=np.float64).reshape(-1, 8)
-            tracked = Detections.from_arrays(
-                xyxy=rows[:, 0:4],
-                confidence=rows[:, 5],
-                class_id=rows[:, 6],
-                names=self._names,
-                track_id=rows[:, 4],
-            )
+            rows = np.zeros((0, 8), dtype=np.float64)
+        rows = np.asarray(rows, dtype=np.float64).reshape(-1, 8)
+        # Report the detector's own box, not ByteTrack's Kalman estimate: the estimate can
+        # swell far past the person while they change shape (bending, entering the frame).
+        boxes = detections.xyxy[rows[:, 7].astype(np.int64)].astype(np.float64)
+        track_ids = self._link(rows[:, 4].astype(np.int64), boxes, frame.timestamp)
+        tracked = Detections.from_arrays(
+            xyxy=boxes,
+            confidence=rows[:, 5],
+            class_id=rows[:, 6],
+            names=self._names,
+            track_id=track_ids,
+        )
         self._record(frame, tracked)
         self._evict(frame.timestamp)
         return tracked
 
+    def _link(
+        self, raw_ids: npt.NDArray[np.int64], boxes: npt.NDArray[np.float64], now: float
+    ) -> npt.NDArray[np.int64]:
+        """Map ByteTrack ids to Vigil track ids, joining a new id to the track it replaced.
+
+        ByteTrack starts a new id when it loses a person for a frame or two, for example
+        someone walking quickly towards the camera at a low frame rate. A new id whose
+        box overlaps the last box of a track that is missing from this frame by at
+        least ``relink_iou`` continues that track, so the rules see one person, not two.
+        """
+        linked = np.empty_like(raw_ids)
+        used: set[int] = set()
+        new_rows = []
+        # Known ids first, so that a track present in this frame is never taken as "lost".
+        for index, raw in enumerate(raw_ids.tolist()):
+            alias = self._aliases.get(raw)
+            if alias is None or alias[0] in used:
+                new_rows.append((index, raw, alias is None))
+                continue
+            linked[index] = alias[0]
+            used.add(alias[0])
+            self._aliases[raw] = (alias[0], now)
+        for index, raw, unseen in new_rows:
+            target = self._lost_track_for(boxes[index], now, used) if unseen else None
+            track_id = raw if target is None else target
+            linked[index] = track_id
+            used.add(track_id)
+            self._aliases[raw] = (track_id, now)
+        return linked
+
+    def _lost_track_for(self, box: npt.NDArray[np.float64], now: float, used: set[int]) -> int | None:
+        if self.config.relink_iou is None:
+            return None
+        best, best_iou = None, self.config.relink_iou
+        for track in self.tracks.values():
+            if track.track_id in used or track.last_seen >= now:
+                continue
+            iou = box_iou(track.last.box, box)
+            if iou >= best_iou:
+                best, best_iou = track.track_id, iou
+        return best
+
     def _record(self, frame: Frame, tracked: Detections) -> None:
-        assert tracked.track_id is not None
+        if tracked.track_id is None:
+            raise ValueError("tracked detections need track ids")
         anchors = tracked.anchors()
         for index, track_id in enumerate(tracked.track_id.tolist()):
             box = tuple(float(v) for v in tracked.xyxy[index])
@@ -148,6 +206,11 @@ class CameraTracker:
         ]
         for track_id in stale:
             del self.tracks[track_id]
+        expired = [
+            raw for raw, (_, used_at) in self._aliases.items() if now - used_at > self.config.track_buffer_s
+        ]
+        for raw in expired:
+            del self._aliases[raw]
         overflow = len(self.tracks) - self.config.max_tracks
         if overflow > 0:
             oldest = sorted(self.tracks.values(), key=lambda track: track.last_seen)[:overflow]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
 from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
+import torch
 
 from pipeline.config import DetectorConfig
 from pipeline.detect.weights import resolve_weights
@@ -50,6 +52,7 @@ class YoloDetector:
         self.names: dict[int, str] = {int(k): str(v) for k, v in self._model.names.items()}
         self._class_ids = self._resolve_classes(config.classes)
         self.last_timing_ms = 0.0
+        self._cpu_threads = config.cpu_threads or os.cpu_count() or 1
         logger.info(
             "detector loaded: %s on %s (half=%s, imgsz=%d, classes=%s)",
             config.weights,
@@ -78,6 +81,10 @@ class YoloDetector:
         if not images:
             return []
         started = time.perf_counter()
+        if self.device == "cpu" and torch.get_num_threads() != self._cpu_threads:
+            # Ultralytics 8.4 sets torch to cpu_count - 1 threads when it selects the CPU,
+            # which on a 2-core machine halves inference speed.
+            torch.set_num_threads(self._cpu_threads)
         results = self._model.predict(
             list(images),
             imgsz=self.config.imgsz,
