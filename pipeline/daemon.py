@@ -1,8 +1,9 @@
 """Wiring of the whole pipeline, its processing thread, and orderly shutdown.
 
 Threads: one reader per camera, one processing thread (gate, batch, detect, track,
-rules, describe, snapshot) and one alert publisher. The processing thread is the
-only one that touches trackers and rule state, so they need no locks.
+cues, fusion scores, rules, describe, snapshot), one alert publisher, and the fusion
+model watcher when a model folder is configured. The processing thread is the only
+one that touches trackers, cues and rule state, so they need no locks.
 """
 
 from __future__ import annotations
@@ -20,14 +21,15 @@ from pipeline.alerts import AlertPublisher, SnapshotWriter, alert_message
 from pipeline.batching import BatchScheduler
 from pipeline.config import VigilConfig
 from pipeline.detect import Detector, YoloDetector
+from pipeline.detect.yolo import select_device
 from pipeline.errors import ConfigError, StreamError, StreamOpenError
 from pipeline.fusion import Describer, TemplateDescriber
+from pipeline.fusion.scorer import FusionScorer
+from pipeline.fusion.vlm import VlmDescriber
 from pipeline.metrics import Metrics
-from pipeline.motion import MotionGate
+from pipeline.processing import BatchResult, CameraPipeline, Processor
 from pipeline.records import Event, Frame
-from pipeline.rules import RuleEngine
 from pipeline.streams import FrameSlot, Overflow, ReaderState, StreamReader, is_network_url
-from pipeline.tracking import CameraTracker
 
 logger = logging.getLogger(__name__)
 
@@ -41,9 +43,7 @@ class CameraRuntime:
     camera: str
     reader: StreamReader
     slot: FrameSlot
-    gate: MotionGate
-    tracker: CameraTracker
-    rules: RuleEngine
+    pipeline: CameraPipeline
     counted_in: int = 0
     counted_dropped: int = 0
     counted_reconnects: int = 0
@@ -79,11 +79,20 @@ class Daemon:
         redis_client: redis.Redis | None = None,
         describer: Describer | None = None,
         on_published: Callable[[dict[str, Any]], None] | None = None,
+        scorer: FusionScorer | None = None,
     ) -> None:
         self.config = config
         self.metrics = Metrics()
         self.detector: Detector = detector if detector is not None else YoloDetector(config.detector)
-        self.describer = describer or TemplateDescriber()
+        if scorer is None and config.fusion.enabled:
+            device = select_device(config.fusion.device or config.detector.device)
+            scorer = FusionScorer(config.fusion, device, getattr(self.detector, "feature_dim", 0))
+        self.scorer = scorer
+        self.processor = Processor(config, self.detector, scorer)
+        self.describer = describer or TemplateDescriber(config.fusion.labels, config.fusion.names_zh)
+        self.vlm = (
+            VlmDescriber(config.fusion.vlm, self._on_vlm_text) if config.fusion.vlm is not None else None
+        )
         self.snapshots = SnapshotWriter(config.alerts)
         client = redis_client if redis_client is not None else redis_from_config(config)
         self.publisher = AlertPublisher(
@@ -109,9 +118,7 @@ class Daemon:
                 camera=camera_id,
                 reader=StreamReader(camera_id, camera, slot, listener=self._on_reader_state),
                 slot=slot,
-                gate=MotionGate(config.motion),
-                tracker=CameraTracker(camera_id, config.tracking, frame_rate=camera.fps or 10.0),
-                rules=RuleEngine(camera_id, camera),
+                pipeline=self.processor.cameras[camera_id],
             )
         self.scheduler = BatchScheduler(
             {camera_id: runtime.slot for camera_id, runtime in self.cameras.items()},
@@ -147,6 +154,10 @@ class Daemon:
         if self.config.metrics.enabled:
             self.metrics_port = self.metrics.serve(self.config.metrics.host, self.config.metrics.port)
         self.publisher.start()
+        if self.scorer is not None:
+            self.scorer.start()
+        if self.vlm is not None:
+            self.vlm.start()
         for runtime in self.cameras.values():
             self.metrics.set_camera_state(runtime.camera, ReaderState.CONNECTING)
             runtime.reader.start()
@@ -165,6 +176,10 @@ class Daemon:
         for runtime in self.cameras.values():
             if not runtime.reader.join(max(0.05, min(1.0, deadline - time.monotonic()))):
                 logger.warning("camera %s: reader still blocked at shutdown", runtime.camera)
+        if self.scorer is not None:
+            self.scorer.stop()
+        if self.vlm is not None:
+            self.vlm.stop()
         self.publisher.close(max(0.5, deadline - time.monotonic()))
         self.metrics.close()
         logger.info(
@@ -179,7 +194,7 @@ class Daemon:
         runtime = self.cameras[frame.camera]
         runtime.processed += 1
         self.metrics.frames_processed.labels(camera=frame.camera).inc()
-        return runtime.gate.should_detect(frame, has_live_tracks=bool(runtime.tracker.tracks))
+        return self.processor.admit(frame)
 
     def _process_loop(self) -> None:
         while not self._stop.is_set():
@@ -198,23 +213,28 @@ class Daemon:
                 self._update_stats()
 
     def _process_batch(self, batch: list[Frame]) -> None:
-        detections = self.detector.detect_batch([frame.image for frame in batch])
-        self.metrics.detector_batch_ms.observe(getattr(self.detector, "last_timing_ms", 0.0))
-        self.metrics.detector_batch_size.observe(len(batch))
+        result = self.processor.process(batch)
+        self._observe(result)
+        for event, frame in result.events:
+            self._emit(event, frame)
+
+    def _observe(self, result: BatchResult) -> None:
+        self.metrics.detector_batch_ms.observe(result.detector_ms)
+        self.metrics.detector_batch_size.observe(len(result.tracked))
+        if result.scored:
+            self.metrics.fusion_batch_ms.observe(result.fusion_ms)
+            self.metrics.fusion_batch_size.observe(result.scored)
         now = time.time()
-        for frame, found in zip(batch, detections, strict=True):
+        for frame, tracked in result.tracked:
             runtime = self.cameras[frame.camera]
             runtime.last_frame_age = now - frame.captured_at
             self.metrics.frame_age.labels(camera=frame.camera).set(runtime.last_frame_age)
             self.metrics.frames_detected.labels(camera=frame.camera).inc()
-            runtime.tracker.update(frame, found)
-            live = runtime.tracker.live_tracks()
-            self.metrics.active_tracks.labels(camera=frame.camera).set(len(live))
+            live = len(runtime.pipeline.tracker.tracks)
+            self.metrics.active_tracks.labels(camera=frame.camera).set(live)
             logger.debug(
-                "camera %s frame %d: %d detections, %d tracks", frame.camera, frame.seq, len(found), len(live)
+                "camera %s frame %d: %d tracked boxes, %d tracks", frame.camera, frame.seq, len(tracked), live
             )
-            for event in runtime.rules.evaluate(frame, live):
-                self._emit(event, frame)
 
     def _emit(self, event: Event, frame: Frame) -> None:
         snapshot = event.snapshot
@@ -234,6 +254,14 @@ class Daemon:
         logger.info("camera %s: event %s %s (%s)", event.camera, event.rule, event.state, event.id)
         self.publisher.submit(alert_message(described, self.config.alerts.language))
         self.metrics.alert_queue.set(len(self.publisher))
+        if self.vlm is not None and event.state == "started":
+            self.vlm.submit(described, snapshot)
+
+    def _on_vlm_text(self, event: Event, texts: dict[str, str]) -> None:
+        """Publish the event again with the vision-language model's text; runs on a describer thread."""
+        updated = event.with_updates(state="updated", description={**event.description, **texts})
+        logger.info("camera %s: event %s described by the vision-language model", event.camera, event.id)
+        self.publisher.submit(alert_message(updated, self.config.alerts.language))
 
     def _update_stats(self) -> None:
         now = time.monotonic()

@@ -78,6 +78,18 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64),
             registry=r,
         )
+        self.fusion_batch_ms = Histogram(
+            "vigil_fusion_batch_ms",
+            "Milliseconds per fusion model call over the track windows of one batch.",
+            buckets=(5, 10, 20, 40, 80, 160, 320, 640, 1280, 2560, 5120),
+            registry=r,
+        )
+        self.fusion_batch_size = Histogram(
+            "vigil_fusion_batch_size",
+            "Track windows scored per fusion model call.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=r,
+        )
         self.alerts_published = Counter(
             "vigil_alerts_published",
             "Alert messages published to Redis.",

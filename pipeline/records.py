@@ -54,7 +54,8 @@ class Detections:
 
     ``xyxy`` is (N, 4) float32 in pixels of the original frame; ``confidence`` is (N,)
     float32; ``class_id`` is (N,) int64; ``class_name`` has N strings; ``track_id``
-    is (N,) int64 once a tracker has assigned identities, else ``None``.
+    is (N,) int64 once a tracker has assigned identities, else ``None``. ``features``
+    is (N, D) float32: the detector's own feature vector for each box, when it gives one.
     """
 
     xyxy: npt.NDArray[np.float32]
@@ -62,6 +63,7 @@ class Detections:
     class_id: npt.NDArray[np.int64]
     class_name: tuple[str, ...]
     track_id: npt.NDArray[np.int64] | None = None
+    features: npt.NDArray[np.float32] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.class_name)
@@ -73,7 +75,9 @@ class Detections:
             raise ValueError(f"class_id: expected shape ({n},), got {self.class_id.shape}")
         if self.track_id is not None and self.track_id.shape != (n,):
             raise ValueError(f"track_id: expected shape ({n},), got {self.track_id.shape}")
-        for array in (self.xyxy, self.confidence, self.class_id, self.track_id):
+        if self.features is not None and (self.features.ndim != 2 or self.features.shape[0] != n):
+            raise ValueError(f"features: expected shape ({n}, D), got {self.features.shape}")
+        for array in (self.xyxy, self.confidence, self.class_id, self.track_id, self.features):
             if array is not None:
                 array.flags.writeable = False
 
@@ -97,6 +101,7 @@ class Detections:
         class_id: npt.ArrayLike,
         names: Sequence[str] | dict[int, str],
         track_id: npt.ArrayLike | None = None,
+        features: npt.ArrayLike | None = None,
     ) -> Detections:
         """Build detections from array-likes, looking each class name up in ``names``."""
         ids = np.asarray(class_id, dtype=np.int64).reshape(-1)
@@ -106,12 +111,18 @@ class Detections:
             class_id=ids,
             class_name=tuple(names[int(i)] for i in ids),
             track_id=None if track_id is None else np.asarray(track_id, dtype=np.int64).reshape(-1),
+            features=None if features is None else _rows(features, len(ids)),
         )
 
     def anchors(self) -> npt.NDArray[np.float32]:
         """Return the bottom-centre point of each box, (N, 2) in pixels: where a person stands."""
         x = (self.xyxy[:, 0] + self.xyxy[:, 2]) / 2
         return np.stack([x, self.xyxy[:, 3]], axis=1).astype(np.float32)
+
+
+def _rows(values: npt.ArrayLike, count: int) -> npt.NDArray[np.float32]:
+    array = np.asarray(values, dtype=np.float32)
+    return array if array.ndim == 2 else array.reshape(count, -1)
 
 
 def new_event_id() -> str:

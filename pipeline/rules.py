@@ -22,6 +22,7 @@ from pipeline.config import (
     CameraConfig,
     CrowdingRule,
     FallRule,
+    LabelRule,
     LineCrossingRule,
     LoiteringRule,
     RuleBase,
@@ -365,6 +366,58 @@ class DetectorFall(Rule):
         return events
 
 
+class LabelScore(Rule):
+    """A fusion label's score stays at or above the threshold for ``hold_s`` seconds.
+
+    Scores are refreshed every ``fusion.score_interval_s``; between two scores a
+    track keeps its last one. A track whose score falls below the threshold starts
+    its hold again, and its event ends ``exit_grace_s`` after the score last held.
+    """
+
+    def __init__(
+        self,
+        camera: str,
+        name: str,
+        rule: LabelRule | FallRule,
+        label: str,
+        polygon: list[tuple[float, float]] | None,
+    ) -> None:
+        super().__init__(camera, name, rule, "fall" if isinstance(rule, FallRule) else "label")
+        self.rule = rule
+        self.label = label
+        self.polygon = polygon
+        self._high_since: dict[int, float] = {}
+
+    def evaluate(self, frame: Frame, seen: list[Track], live: list[Track]) -> list[Event]:
+        events: list[Event] = []
+        now = frame.timestamp
+        armed = _armed(self.rule, frame)
+        for track in seen:
+            point = track.last
+            tid = track.track_id
+            score = track.scores.get(self.label, 0.0)
+            inside = self.polygon is None or point_in_polygon((point.x, point.y), self.polygon)
+            if score < self.rule.threshold or not inside or not _class_allowed(self.rule, point.class_name):
+                self._high_since.pop(tid, None)
+                continue
+            since = self._high_since.setdefault(tid, now)
+            if self.lifecycle.is_active(tid):
+                self.lifecycle.touch(tid, now)
+            elif armed and now - since >= self.rule.hold_s:
+                fields = _track_fields(track, self.rule.zone)
+                fields["label"] = self.label
+                fields["scores"] = {self.label: round(score, 4), "confidence": round(point.confidence, 4)}
+                fields["details"] = {"held_s": round(now - since, 1)}
+                event = self.lifecycle.start(tid, frame, **fields)
+                if event is not None:
+                    events.append(event)
+        live_ids = {track.track_id for track in live}
+        for tid in [tid for tid in self._high_since if tid not in live_ids]:
+            del self._high_since[tid]
+        events.extend(self.lifecycle.end_expired(frame, self.rule.exit_grace_s, live_ids))
+        return events
+
+
 def _build_rule(camera: str, name: str, rule: RuleBase, config: CameraConfig) -> Rule:
     def polygon_of(zone: str | None) -> list[tuple[float, float]] | None:
         return None if zone is None else [(x, y) for x, y in config.zones[zone].polygon]
@@ -377,8 +430,12 @@ def _build_rule(camera: str, name: str, rule: RuleBase, config: CameraConfig) ->
         return LineCrossing(camera, name, rule, config.lines[rule.line].points)
     if isinstance(rule, CrowdingRule):
         return Crowding(camera, name, rule, polygon_of(rule.zone))
-    if isinstance(rule, FallRule):
+    if isinstance(rule, FallRule) and rule.source == "detector":
         return DetectorFall(camera, name, rule, polygon_of(rule.zone))
+    if isinstance(rule, FallRule):
+        return LabelScore(camera, name, rule, "fall", polygon_of(rule.zone))
+    if isinstance(rule, LabelRule):
+        return LabelScore(camera, name, rule, rule.label, polygon_of(rule.zone))
     raise TypeError(f"no evaluator for rule type {type(rule).__name__}")
 
 

@@ -29,11 +29,17 @@ class TrackPoint:
 
 @dataclasses.dataclass(slots=True)
 class Track:
-    """A tracked object on one camera; ``history`` keeps at most ``TrackingConfig.history`` points."""
+    """A tracked object on one camera; ``history`` keeps at most ``TrackingConfig.history`` points.
+
+    ``scores`` holds the fusion model's latest label scores for the track and
+    ``scored_at`` the stream time of the frame they were computed on.
+    """
 
     track_id: int
     first_seen: float
     history: collections.deque[TrackPoint]
+    scores: dict[str, float] = dataclasses.field(default_factory=dict)
+    scored_at: float | None = None
 
     @property
     def last(self) -> TrackPoint:
@@ -125,7 +131,8 @@ class CameraTracker:
         rows = np.asarray(rows, dtype=np.float64).reshape(-1, 8)
         # Report the detector's own box, not ByteTrack's Kalman estimate: the estimate can
         # swell far past the person while they change shape (bending, entering the frame).
-        boxes = detections.xyxy[rows[:, 7].astype(np.int64)].astype(np.float64)
+        source = rows[:, 7].astype(np.int64)
+        boxes = detections.xyxy[source].astype(np.float64)
         track_ids = self._link(rows[:, 4].astype(np.int64), boxes, frame.timestamp)
         tracked = Detections.from_arrays(
             xyxy=boxes,
@@ -133,6 +140,7 @@ class CameraTracker:
             class_id=rows[:, 6],
             names=self._names,
             track_id=track_ids,
+            features=None if detections.features is None else detections.features[source],
         )
         self._record(frame, tracked)
         self._evict(frame.timestamp)

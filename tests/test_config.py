@@ -135,7 +135,7 @@ def test_rule_without_type_is_rejected() -> None:
     data = with_change("cameras.gate.rules.dock-intrusion", {"zone": "dock"})
     assert (
         "cameras.gate.rules.dock-intrusion",
-        "missing 'type'; expected one of: zone_intrusion, loitering, line_crossing, crowding, fall",
+        "missing 'type'; expected one of: zone_intrusion, loitering, line_crossing, crowding, fall, label",
     ) in problems_of(data)
 
 

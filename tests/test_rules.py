@@ -248,7 +248,7 @@ def test_crowding_counts_only_zone_members() -> None:
 
 
 def test_fall_needs_consecutive_frames() -> None:
-    scene = Scene(engine_for({"fall": {"type": "fall", "min_frames": 3}}, zones={}))
+    scene = Scene(engine_for({"fall": {"type": "fall", "source": "detector", "min_frames": 3}}, zones={}))
     scene.step(0.0, {1: INSIDE}, class_name="Fall")
     scene.step(0.1, {1: INSIDE}, class_name="Fall")
     scene.step(0.2, {1: INSIDE}, class_name="Normal")

@@ -53,6 +53,11 @@ class YoloDetector:
         self._class_ids = self._resolve_classes(config.classes)
         self.last_timing_ms = 0.0
         self._cpu_threads = config.cpu_threads or os.cpu_count() or 1
+        self._feature_maps: list[torch.Tensor] | None = None
+        self._strides: list[float] = []
+        self.feature_dim = 0
+        if config.box_features:
+            self._capture_neck()
         logger.info(
             "detector loaded: %s on %s (half=%s, imgsz=%d, classes=%s)",
             config.weights,
@@ -61,6 +66,55 @@ class YoloDetector:
             config.imgsz,
             ", ".join(self.names[i] for i in self._class_ids) if self._class_ids else "all",
         )
+
+    def _capture_neck(self) -> None:
+        """Keep the feature maps that enter the detection head, to pool a feature vector per box.
+
+        The fusion model uses these vectors as the visual part of each track, so the
+        image is looked at once, by the detector, and not again by a second network.
+        """
+        head = self._model.model.model[-1]  # type: ignore[union-attr]
+        strides = getattr(head, "stride", None)
+        channels = [int(layer[0].conv.in_channels) for layer in getattr(head, "cv2", [])]
+        if strides is None or len(channels) != len(strides):
+            logger.warning("detector head %s has no per-level features; box features are off", type(head))
+            return
+
+        def keep_inputs(module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+            self._feature_maps = [level.detach() for level in args[0]]
+
+        head.register_forward_pre_hook(keep_inputs)
+        self._strides = [float(s) for s in strides]
+        self.feature_dim = sum(channels)
+
+    def _pool_boxes(
+        self, shapes: list[tuple[int, int]], boxes: list[npt.NDArray[np.float32]]
+    ) -> list[npt.NDArray[np.float32] | None]:
+        """Average each level's feature map inside each box (RoIAlign) and join the levels."""
+        maps, self._feature_maps = self._feature_maps, None
+        if maps is None or not self._strides:
+            return [None] * len(boxes)
+        from torchvision.ops import roi_align
+
+        input_h = maps[0].shape[2] * self._strides[0]
+        input_w = maps[0].shape[3] * self._strides[0]
+        rois = []
+        for index, ((height, width), xyxy) in enumerate(zip(shapes, boxes, strict=True)):
+            # Undo the letterbox: scale to fit, then centre with padding.
+            ratio = min(input_h / height, input_w / width)
+            pad_x = round((input_w - round(width * ratio)) / 2 - 0.1)
+            pad_y = round((input_h - round(height * ratio)) / 2 - 0.1)
+            mapped = xyxy * ratio + np.array([pad_x, pad_y, pad_x, pad_y], dtype=np.float32)
+            rois.append(np.concatenate([np.full((len(xyxy), 1), index, np.float32), mapped], axis=1))
+        all_rois = torch.from_numpy(np.concatenate(rois)).to(maps[0].device)
+        if len(all_rois) == 0:
+            return [np.zeros((0, self.feature_dim), np.float32) for _ in boxes]
+        pooled = [
+            roi_align(level.float(), all_rois, output_size=1, spatial_scale=1 / stride, aligned=True)
+            for level, stride in zip(maps, self._strides, strict=True)
+        ]
+        joined = torch.cat(pooled, dim=1).flatten(1).cpu().numpy()
+        return np.split(joined, np.cumsum([len(xyxy) for xyxy in boxes])[:-1])
 
     def _resolve_classes(self, wanted: list[str] | None) -> list[int] | None:
         if wanted is None:
@@ -96,10 +150,12 @@ class YoloDetector:
             agnostic_nms=self.config.agnostic_nms,
             verbose=False,
         )
-        detections = []
-        for result in cast("list[Any]", results):
-            boxes = result.boxes.cpu().numpy()
-            detections.append(Detections.from_arrays(boxes.xyxy, boxes.conf, boxes.cls, self.names))
+        found = [result.boxes.cpu().numpy() for result in cast("list[Any]", results)]
+        features = self._pool_boxes([image.shape[:2] for image in images], [boxes.xyxy for boxes in found])
+        detections = [
+            Detections.from_arrays(boxes.xyxy, boxes.conf, boxes.cls, self.names, features=vectors)
+            for boxes, vectors in zip(found, features, strict=True)
+        ]
         # .cpu() above waits for the GPU, so this interval covers the whole batch.
         self.last_timing_ms = (time.perf_counter() - started) * 1000
         return detections

@@ -203,6 +203,17 @@ class StreamReader:
             raise StreamOpenError(self.camera, "codec", "the source has no video stream")
         return container
 
+    def iter_frames(self) -> Iterator[Frame]:
+        """Read the source once on the caller's thread, without reconnecting: for recorded files.
+
+        Opening errors are raised as ``StreamOpenError``; the slot is not used.
+        """
+        container = self._open()
+        try:
+            yield from self._decode(container)
+        finally:
+            container.close()
+
     def _read_once(self) -> None:
         """Open the source and read until it ends or fails."""
         container = self._open()

@@ -1,0 +1,158 @@
+"""Versioned model folders: writing them atomically, finding the newest, watching for a newer one.
+
+A model root holds one folder per version::
+
+    models/fusion/
+      20261204-213000/
+        config.json        FusionSpec, including the label descriptions
+        model.safetensors  projections, label embeddings, scale, biases (+ trained encoder layers)
+        labels.json        label name -> description
+        metrics.json       evaluation figures from training (optional)
+        data.sha256        hash of the training data (optional)
+
+A version is written under a hidden name and renamed into place, so a reader never
+sees half a model. Folder names sort in publication order; the greatest wins.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import shutil
+import threading
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file, save_file
+
+from pipeline.errors import ModelLoadError
+from pipeline.fusion.model import FusionModel, FusionSpec, write_spec
+
+logger = logging.getLogger(__name__)
+
+REQUIRED_FILES = ("config.json", "model.safetensors")
+
+
+def new_version_name(now: dt.datetime | None = None) -> str:
+    return (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%d-%H%M%S-%f")
+
+
+def save_model(
+    model: FusionModel,
+    root: Path,
+    version: str | None = None,
+    metrics: dict[str, Any] | None = None,
+    data_hash: str | None = None,
+) -> Path:
+    """Write ``model`` as a new version under ``root`` and return its folder."""
+    version = version or new_version_name()
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / version
+    if final.exists():
+        raise FileExistsError(f"model version {final} exists already")
+    partial = root / f".partial-{version}"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    model.spec.version = version
+    write_spec(model.spec, partial)
+    save_file(model.trainable_state(), str(partial / "model.safetensors"))
+    (partial / "labels.json").write_text(json.dumps(model.spec.labels, indent=2) + "\n", encoding="utf-8")
+    if metrics is not None:
+        (partial / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    if data_hash is not None:
+        (partial / "data.sha256").write_text(data_hash + "\n", encoding="utf-8")
+    os.replace(partial, final)
+    return final
+
+
+def latest_version(root: Path) -> Path | None:
+    """The newest complete version folder under ``root``, or None."""
+    if not root.is_dir():
+        return None
+    versions = [
+        entry
+        for entry in root.iterdir()
+        if entry.is_dir()
+        and not entry.name.startswith(".")
+        and all((entry / name).is_file() for name in REQUIRED_FILES)
+    ]
+    return max(versions, key=lambda entry: entry.name, default=None)
+
+
+def load_model(folder: Path, device: str = "cpu") -> FusionModel:
+    """Rebuild the model stored in ``folder``; the frozen encoder comes from its original source."""
+    try:
+        spec = FusionSpec.from_json(json.loads((folder / "config.json").read_text(encoding="utf-8")))
+        # safetensors holds plain tensors only: loading it runs no code.
+        state = load_file(str(folder / "model.safetensors"), device="cpu")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelLoadError(f"cannot load fusion model {folder}: {exc}") from exc
+    model = FusionModel.build(spec, device="cpu")
+    # The label and bias tensors are sized by the spec's labels, which build() already used.
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    unexpected_keys = [key for key in unexpected if not key.startswith("encoder.")]
+    not_encoder = [key for key in missing if not key.startswith("encoder.")]
+    if unexpected_keys or not_encoder:
+        raise ModelLoadError(
+            f"fusion model {folder}: weights do not match its config "
+            f"(missing {not_encoder[:3]}, unexpected {unexpected_keys[:3]})"
+        )
+    model.spec.version = folder.name
+    return model.to(device).eval()
+
+
+class ModelWatcher:
+    """Polls a model root in a background thread and loads each newer version it finds.
+
+    ``take()`` returns a freshly loaded model once, from the thread that uses the
+    model, so the swap happens between two batches and never during one.
+    """
+
+    def __init__(self, root: Path, current: str | None, device: str, interval_s: float) -> None:
+        self.root = root
+        self.current = current
+        self.device = device
+        self.interval_s = interval_s
+        self._ready: FusionModel | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._failed: set[str] = set()
+        self._thread = threading.Thread(target=self._run, name="model-watcher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def take(self) -> FusionModel | None:
+        with self._lock:
+            model, self._ready = self._ready, None
+        return model
+
+    def check(self) -> bool:
+        """Load the newest version if it is newer than the current one; True when one was loaded."""
+        folder = latest_version(self.root)
+        if folder is None or folder.name == self.current or folder.name in self._failed:
+            return False
+        if self.current is not None and folder.name < self.current:
+            return False
+        try:
+            model = load_model(folder, self.device)
+        except ModelLoadError as exc:
+            self._failed.add(folder.name)
+            logger.error("fusion model %s not loaded, keeping %s: %s", folder.name, self.current, exc)  # noqa: TRY400
+            return False
+        with self._lock:
+            self._ready = model
+        self.current = folder.name
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.check()
+            except Exception:
+                logger.exception("fusion model watcher: checking %s failed", self.root)
