@@ -48,7 +48,8 @@ class BatchScheduler:
             if self.admit(frame):
                 batch.append(frame)
         # Start the next round at the following camera, so no camera is always first.
-        self._order.append(self._order.pop(0))
+        if self._order:
+            self._order.append(self._order.pop(0))
         return took
 
     def next_batch(self, stop: threading.Event, idle_timeout: float = 0.5) -> list[Frame]:

@@ -163,3 +163,11 @@ def test_redact_text_removes_urls_and_secrets() -> None:
     cleaned = redact_text(text, ("p@ss",))
     assert "p@ss" not in cleaned
     assert "rtsp://***@10.0.0.5/s" in cleaned
+
+
+def test_scheduler_without_cameras_returns_empty_batches() -> None:
+    # Every camera may be disabled in the config; the processing loop still runs.
+    scheduler = BatchScheduler({}, threading.Event(), max_batch=8, max_wait_ms=10)
+    started = time.monotonic()
+    assert scheduler.next_batch(threading.Event(), idle_timeout=0.1) == []
+    assert time.monotonic() - started < 1.0

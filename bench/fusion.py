@@ -1,0 +1,80 @@
+"""Track windows scored per second by the fusion model at batch sizes 1, 8 and 32.
+
+The windows are real: they come from replaying a GMDCSA24 fall clip through the
+daemon's own stages, so the prompts and cue vectors have their real lengths. Each
+batch size scores the same windows; batch 1 is the baseline of the ratios.
+Zero-shot (text only) and with prefix tokens (as after training) are both timed.
+
+    .venv/bin/python bench/fusion.py --data-dir ../shared/data
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+CLIP = "gmdcsa24_fall/Subject 2/Fall/14.mp4"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path(os.environ.get("VIGIL_SAMPLE_DIR", "../shared/data"))
+    )
+    parser.add_argument("--seconds", type=float, default=5.0, help="time spent per batch size")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batches", default="1,8,32")
+    args = parser.parse_args()
+
+    import torch
+
+    from pipeline.config import FusionConfig, parse_config
+    from pipeline.detect import YoloDetector
+    from pipeline.fusion.features import TrackWindow
+    from pipeline.fusion.scorer import FusionScorer
+    from pipeline.processing import Processor
+    from pipeline.replay import replay_file
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    config = parse_config({"cameras": {"clip": {"url": "clip", "fps": 10}}, "detector": {"imgsz": 320}})
+    detector = YoloDetector(config.detector)
+    windows: list[TrackWindow] = []
+    scorer = FusionScorer(FusionConfig(max_batch=1024), args.device, detector.feature_dim)
+    processor = Processor(
+        config, detector, scorer, cameras={}, on_scored=lambda window, _: windows.append(window)
+    )
+    for _ in replay_file(processor, args.data_dir / CLIP, camera=config.cameras["clip"]):
+        pass
+    print(
+        f"{len(windows)} track windows from {CLIP}; device {args.device}, {torch.get_num_threads()} threads"
+    )
+
+    sizes = [int(size) for size in args.batches.split(",")]
+    for mode in ("zero-shot", "prefix"):
+        scorer.model.spec.use_prefix = mode == "prefix"
+        baseline = None
+        for size in sizes:
+            pool = (windows * (size // len(windows) + 1))[:size]
+            scorer.score(pool)  # warm-up
+            scored, started = 0, time.perf_counter()
+            while time.perf_counter() - started < args.seconds:
+                scorer.score(pool)
+                scored += len(pool)
+            rate = scored / (time.perf_counter() - started)
+            baseline = baseline or rate
+            print(
+                f"{mode:9} batch {size:>3}: {rate:8.1f} tracks/s  ({1000 / rate * size:6.1f} ms per call, ratio {rate / baseline:.2f})"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

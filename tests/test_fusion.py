@@ -1,0 +1,305 @@
+"""The fusion model: cues from real footage, offline zero-shot scoring, batching, model folders, label rule."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.config import FusionConfig, parse_config
+from pipeline.detect import YoloDetector
+from pipeline.fusion.features import CUE_NAMES, Observation, TrackWindow, cue_dict
+from pipeline.fusion.model import FusionModel, FusionSpec, stack_inputs
+from pipeline.fusion.prompt import track_prompt
+from pipeline.fusion.scorer import FusionScorer, prepare
+from pipeline.fusion.store import load_model, save_model
+from pipeline.processing import Processor
+from pipeline.records import Frame
+from pipeline.replay import replay_file
+from pipeline.rules import RuleEngine
+from pipeline.tracking import Track, TrackPoint
+
+# 2026-12-02 14:00 local time is afternoon wherever the tests run; only the hour matters here.
+WALL = 1_796_220_000.0
+
+
+def window(
+    aspects: list[float],
+    heights: list[float],
+    centres_y: list[float],
+    centres_x: list[float] | None = None,
+    step_s: float = 0.1,
+    camera: str = "ward",
+    visual: np.ndarray | None = None,
+) -> TrackWindow:
+    """A track window with the given box shape per step; other cues stay neutral."""
+    xs = centres_x or [0.5] * len(aspects)
+    observations = tuple(
+        Observation(
+            timestamp=index * step_s,
+            captured_at=WALL + index * step_s,
+            cx=x,
+            cy=y,
+            width=h * a * 9 / 16,
+            height=h,
+            aspect=a,
+            confidence=0.8,
+            class_name="person",
+            visual=visual,
+        )
+        for index, (a, h, y, x) in enumerate(zip(aspects, heights, centres_y, xs, strict=True))
+    )
+    return TrackWindow(
+        camera=camera, track_id=1, observations=observations, dwell_s=observations[-1].timestamp
+    )
+
+
+def falling() -> TrackWindow:
+    """Upright, then within a second wide and low: the shape of a fall."""
+    aspects = [0.4, 0.4, 0.45, 0.6, 0.9, 1.3, 1.8, 2.2, 2.3, 2.3, 2.3]
+    heights = [0.6, 0.6, 0.58, 0.5, 0.4, 0.3, 0.22, 0.2, 0.2, 0.2, 0.2]
+    centres = [0.5, 0.5, 0.51, 0.55, 0.6, 0.66, 0.7, 0.72, 0.72, 0.72, 0.72]
+    return window(aspects, heights, centres)
+
+
+def standing() -> TrackWindow:
+    return window([0.4] * 11, [0.6] * 11, [0.5] * 11)
+
+
+def running() -> TrackWindow:
+    xs = [0.05 + 0.09 * index for index in range(11)]
+    return window([0.45] * 11, [0.5] * 11, [0.5] * 11, centres_x=xs)
+
+
+@pytest.fixture(scope="module")
+def scorer() -> FusionScorer:
+    return FusionScorer(FusionConfig(), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def detector() -> YoloDetector:
+    config = parse_config({"cameras": {"clip": {"url": "clip"}}, "detector": {"imgsz": 320}}, env={})
+    return YoloDetector(config.detector)
+
+
+def collect_cues(
+    detector: YoloDetector, scorer: FusionScorer, clip: Path
+) -> dict[int, list[dict[str, float]]]:
+    config = parse_config({"cameras": {"clip": {"url": str(clip), "fps": 10}}}, env={})
+    by_track: dict[int, list[dict[str, float]]] = collections.defaultdict(list)
+    processor = Processor(
+        config, detector, scorer, cameras={}, on_scored=lambda w, _: by_track[w.track_id].append(cue_dict(w))
+    )
+    for _ in replay_file(processor, clip, camera=config.cameras["clip"]):
+        pass
+    return by_track
+
+
+def test_fall_clip_changes_shape_more_than_walking_clip(
+    detector: YoloDetector, scorer: FusionScorer, data_dir: Path
+) -> None:
+    fall = collect_cues(detector, scorer, data_dir / "gmdcsa24_fall" / "Subject 1" / "Fall" / "14.mp4")
+    walk = collect_cues(detector, scorer, data_dir / "gmdcsa24_fall" / "Subject 1" / "ADL" / "10.mp4")
+    # The person is the longest track in each clip.
+    fall_cues = max(fall.values(), key=len)
+    walk_cues = max(walk.values(), key=len)
+    fall_change = max(cues["aspect_change"] for cues in fall_cues)
+    walk_change = max(cues["aspect_change"] for cues in walk_cues)
+    assert fall_change > 1.0, fall_cues
+    assert fall_change > walk_change + 0.5
+    assert min(cues["height_ratio"] for cues in fall_cues) < 0.6
+    assert min(cues["height_ratio"] for cues in walk_cues) > 0.8
+    # Motion and optical flow are measured, not left at zero.
+    assert max(cues["motion_max"] for cues in fall_cues) > 0.05
+    assert max(cues["flow_max"] for cues in fall_cues) > 0.05
+
+
+def test_cue_vector_has_every_named_cue() -> None:
+    cues = cue_dict(falling())
+    assert list(cues) == list(CUE_NAMES)
+    assert cues["aspect_change"] == pytest.approx(1.9)
+    assert cues["height_ratio"] == pytest.approx(0.2 / 0.6, rel=1e-4)
+    assert cues["centre_drop_rate_max"] > 0.5
+
+
+def test_prompt_puts_the_fall_into_words() -> None:
+    text = track_prompt(falling(), cue_dict(falling()))
+    assert text.startswith("camera ward, in the ")
+    assert "suddenly falls down" in text
+    assert "lies on the floor" in text
+    assert "is upright" in track_prompt(standing(), cue_dict(standing()))
+
+
+def test_zero_shot_scores_offline_with_the_packaged_encoder(scorer: FusionScorer) -> None:
+    assert scorer.version == "zero-shot"
+    assert scorer.labels == ["fall"]
+    fall_score, stand_score = (scores["fall"] for scores in scorer.score([falling(), standing()]))
+    assert fall_score > 0.5
+    assert stand_score < 0.5
+
+
+def test_a_new_label_works_from_its_description() -> None:
+    config = FusionConfig(
+        labels={"fall": "a person falls down and lies on the floor", "running": "a person runs"}
+    )
+    scorer = FusionScorer(config, device="cpu")
+    run, stand, fall = scorer.score([running(), standing(), falling()])
+    assert run["running"] > 0.5
+    assert run["running"] > stand["running"] + 0.3
+    assert fall["fall"] > fall["running"]
+
+
+def test_batched_scores_match_one_at_a_time(scorer: FusionScorer) -> None:
+    windows = [falling(), standing(), running(), falling()]
+    together = scorer.score(windows)
+    alone = [scorer.score([item])[0] for item in windows]
+    for batched, single in zip(together, alone, strict=True):
+        assert batched["fall"] == pytest.approx(single["fall"], abs=1e-3)
+
+
+def prefix_model(visual_dim: int = 8, seed: int = 0) -> FusionModel:
+    """A model with its prefix tokens switched on and random projections, as after training."""
+    spec = FusionSpec(
+        encoder=FusionConfig().encoder,
+        cue_names=CUE_NAMES,
+        labels={"fall": "a person falls down and lies on the floor"},
+        normal=["a person stands or walks normally"],
+        visual_dim=visual_dim,
+        use_prefix=True,
+    )
+    model = FusionModel.build(spec)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in (model.cue_proj, model.visual_proj):
+            layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * 0.05)
+    return model
+
+
+def test_batched_scores_match_with_prefix_tokens_and_missing_features() -> None:
+    model = prefix_model()
+    rng = np.random.default_rng(1)
+    windows = [
+        dataclasses.replace(
+            falling(),
+            observations=tuple(
+                dataclasses.replace(obs, visual=rng.normal(size=8).astype(np.float32))
+                for obs in falling().observations
+            ),
+        ),
+        standing(),  # no detector features: its visual tokens are masked out
+        running(),
+    ]
+    cues, visual, texts = prepare(windows)
+
+    def logits(rows: slice) -> torch.Tensor:
+        tensors = stack_inputs(cues[rows], visual[rows], 8, "cpu")
+        with torch.inference_mode():
+            return model(tensors[0], texts[rows], tensors[1], tensors[2])
+
+    together = logits(slice(0, 3))
+    for index in range(3):
+        assert torch.allclose(together[index], logits(slice(index, index + 1))[0], atol=1e-4)
+    # The features matter once the prefix is on: the same text with other cues scores differently.
+    assert not torch.allclose(together[0], together[2])
+
+
+def test_model_folder_round_trip_and_hot_reload(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    first = prefix_model(visual_dim=0, seed=1)
+    save_model(first, root, version="20261204-100000", metrics={"ap": 0.5}, data_hash="abc")
+    folder = root / "20261204-100000"
+    assert sorted(path.name for path in folder.iterdir()) == [
+        "config.json",
+        "data.sha256",
+        "labels.json",
+        "metrics.json",
+        "model.safetensors",
+    ]
+    loaded = load_model(folder)
+    cues, visual, texts = prepare([falling()])
+    tensors = stack_inputs(cues, visual, 0, "cpu")
+    with torch.inference_mode():
+        assert torch.allclose(first(tensors[0], texts), loaded(tensors[0], texts), atol=1e-5)
+
+    scorer = FusionScorer(FusionConfig(model_dir=root, reload_interval_s=60), device="cpu")
+    assert scorer.version == "20261204-100000"
+    before = scorer.score([falling()])[0]["fall"]
+    second = prefix_model(visual_dim=0, seed=1)
+    with torch.no_grad():
+        second.label_bias.fill_(-5.0)
+    save_model(second, root, version="20261204-110000")
+    assert scorer._watcher is not None and scorer._watcher.check()
+    after = scorer.score([falling()])[0]["fall"]
+    assert scorer.version == "20261204-110000"
+    assert after < before
+
+
+def test_a_broken_model_folder_keeps_the_current_model(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    save_model(prefix_model(visual_dim=0), root, version="20261204-100000")
+    scorer = FusionScorer(FusionConfig(model_dir=root), device="cpu")
+    broken = root / "20261204-120000"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    (broken / "model.safetensors").write_bytes(b"garbage")
+    assert scorer._watcher is not None and not scorer._watcher.check()
+    assert scorer.version == "20261204-100000"
+    assert scorer.score([falling()])[0]["fall"] >= 0
+
+
+class LabelScene:
+    """One track whose fusion score is set by hand at each step."""
+
+    def __init__(self, rules: dict[str, object]) -> None:
+        config = parse_config({"cameras": {"ward": {"url": "ward.mp4", "rules": rules}}}, env={})
+        self.engine = RuleEngine("ward", config.cameras["ward"])
+        self.track = Track(7, 0.0, collections.deque(maxlen=16))
+        self.seq = 0
+
+    def step(self, t: float, fall: float) -> list[tuple[str, str]]:
+        self.seq += 1
+        self.track.history.append(TrackPoint(t, 0.5, 0.8, (40.0, 60.0, 60.0, 80.0), "person", 0.9))
+        self.track.scores = {"fall": fall}
+        frame = Frame("ward", self.seq, t, WALL + t, np.zeros((10, 10, 3), np.uint8))
+        return [(event.rule, event.state) for event in self.engine.evaluate(frame, [self.track])]
+
+
+def test_label_rule_fires_after_hold_and_cools_down() -> None:
+    scene = LabelScene(
+        {"fell": {"type": "label", "label": "fall", "hold_s": 1.0, "cooldown_s": 5, "exit_grace_s": 0.5}}
+    )
+    assert scene.step(0.0, 0.9) == []
+    assert scene.step(0.5, 0.2) == []  # the hold starts again
+    assert scene.step(1.0, 0.9) == []
+    assert scene.step(1.5, 0.9) == []
+    assert scene.step(2.0, 0.9) == [("fell", "started")]
+    assert scene.step(2.5, 0.9) == []
+    assert scene.step(3.0, 0.1) == []
+    assert scene.step(3.6, 0.1) == [("fell", "ended")]
+    for t in (4.0, 5.0, 6.0, 7.0, 8.0):
+        assert scene.step(t, 0.9) == [], t  # cooling down until 8.6
+    assert scene.step(9.0, 0.9) == [("fell", "started")]
+
+
+def test_fall_rule_uses_the_fusion_label_by_default() -> None:
+    scene = LabelScene({"fall": {"type": "fall", "hold_s": 0.5}})
+    assert scene.step(0.0, 0.8) == []
+    assert scene.step(0.5, 0.8) == [("fall", "started")]
+
+
+def test_label_rule_needs_a_known_label() -> None:
+    from pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        parse_config(
+            {"cameras": {"ward": {"url": "w.mp4", "rules": {"r": {"type": "label", "label": "fight"}}}}},
+            env={},
+        )
+    assert (
+        "cameras.ward.rules.r.label",
+        "unknown label 'fight'; fusion.labels has: fall",
+    ) in caught.value.problems
