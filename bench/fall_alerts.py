@@ -1,15 +1,15 @@
-"""Fall alerts of the fusion model and of the detector's own Fall class on the sample footage.
+"""Count fall alerts of the fusion model and of the detector's own Fall class on the sample footage.
 
 Each clip is replayed offline through the daemon's own stages with two rules on the
-same tracks: ``type: fall`` with ``source: fusion`` (the fusion model's ``fall``
-label, zero-shot unless ``--model-dir`` names trained models) and with
-``source: detector`` (the detector's ``Fall`` class held for ``min_frames``
-detections). For the GMDCSA24 clips, an alert counts as a hit when it starts inside
-an annotated ``Falling (...)`` segment (up to ``--slack`` seconds after it ends);
-every other alert is false. Nobody falls in the Intel clips, so each alert there
-is false.
+same tracks. Both are ``type: fall``: one with ``source: fusion`` (the fusion
+model's ``fall`` label, zero-shot unless ``--model-dir`` names trained models) and
+one with ``source: detector`` (the detector's ``Fall`` class held for
+``min_frames`` detections). For the GMDCSA24 clips, an alert counts as a hit when
+it starts inside an annotated ``Falling (...)`` segment or up to ``--slack``
+seconds after it ends, and every other alert is false. Nobody falls in the Intel
+clips, so each alert there is false.
 
-    .venv/bin/python bench/fall_alerts.py --data-dir ../shared/data
+    .venv/bin/python bench/fall_alerts.py --data-dir /path/to/sample-footage
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ RULES = ("fusion", "detector")
 
 
 def fall_segments(events_csv: Path) -> dict[str, list[tuple[float, float]]]:
+    """Read the (start, end) seconds of each ``Falling`` segment, keyed by clip path inside the dataset."""
     segments: dict[str, list[tuple[float, float]]] = defaultdict(list)
     with events_csv.open(newline="", encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
@@ -49,12 +50,19 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--data-dir", type=Path, default=Path(os.environ.get("VIGIL_SAMPLE_DIR", "../shared/data"))
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("VIGIL_SAMPLE_DIR", "../shared/data")),
+        help="folder of the sample footage (default: $VIGIL_SAMPLE_DIR, else ../shared/data)",
     )
     parser.add_argument("--model-dir", type=Path, help="versioned fusion models; zero-shot when omitted")
-    parser.add_argument("--fps", type=float, default=10.0)
-    parser.add_argument("--imgsz", type=int, default=320)
-    parser.add_argument("--threshold", type=float, default=0.5)
+    parser.add_argument(
+        "--fps", type=float, default=10.0, help="maximum frames per second taken from each clip"
+    )
+    parser.add_argument("--imgsz", type=int, default=320, help="detector input size in pixels")
+    parser.add_argument(
+        "--threshold", type=float, default=0.5, help="fusion rule: minimum fall score in [0, 1]"
+    )
     parser.add_argument("--hold", type=float, default=1.0, help="seconds the fall score must stay high")
     parser.add_argument("--min-frames", type=int, default=5, help="detector rule: Fall detections in a row")
     parser.add_argument("--slack", type=float, default=1.0, help="seconds after a segment that still count")
@@ -100,6 +108,12 @@ def main() -> int:
         relative = clip.relative_to(args.data_dir).as_posix()
         key = clip.relative_to(args.data_dir / FALL_DATASET).as_posix() if FALL_DATASET in relative else None
         falls = segments.get(key, []) if key else []
+        if key is None:
+            group = "intel"
+        elif falls:
+            group = "fall"
+        else:
+            group = "adl"
         alerts: dict[str, list[float]] = {rule: [] for rule in RULES}
         for result in replay_file(processor, clip, camera=config.cameras["clip"]):
             for event, frame in result.events:
@@ -109,7 +123,6 @@ def main() -> int:
         for rule in RULES:
             hits = sum(any(s <= t <= e + args.slack for s, e in falls) for t in alerts[rule])
             false = len(alerts[rule]) - hits
-            group = "intel" if key is None else ("fall" if falls else "adl")
             totals[rule][f"{group}_clips"] += 1
             totals[rule][f"{group}_false"] += false
             totals[rule][f"{group}_caught"] += int(hits > 0)

@@ -1,11 +1,11 @@
-"""Track windows scored per second by the fusion model at batch sizes 1, 8 and 32.
+"""Measure track windows scored per second by the fusion model at batch sizes 1, 8 and 32.
 
-The windows are real: they come from replaying a GMDCSA24 fall clip through the
-daemon's own stages, so the prompts and cue vectors have their real lengths. Each
-batch size scores the same windows; batch 1 is the baseline of the ratios.
-Zero-shot (text only) and with prefix tokens (as after training) are both timed.
+The windows are real because they come from replaying a GMDCSA24 fall clip through
+the daemon's own stages, so the prompts and cue vectors have their real lengths.
+Each batch size scores the same windows, and batch 1 is the baseline of the ratios.
+Both modes are timed: zero-shot (text only) and with prefix tokens (as after training).
 
-    .venv/bin/python bench/fusion.py --data-dir ../shared/data
+    .venv/bin/python bench/fusion.py --data-dir /path/to/sample-footage
 """
 
 from __future__ import annotations
@@ -27,12 +27,20 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--data-dir", type=Path, default=Path(os.environ.get("VIGIL_SAMPLE_DIR", "../shared/data"))
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("VIGIL_SAMPLE_DIR", "../shared/data")),
+        help="folder of the sample footage (default: $VIGIL_SAMPLE_DIR, else ../shared/data)",
     )
-    parser.add_argument("--seconds", type=float, default=5.0, help="time spent per batch size")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batches", default="1,8,32")
+    parser.add_argument("--seconds", type=float, default=5.0, help="seconds timed per batch size and mode")
+    parser.add_argument(
+        "--device", default="cpu", help="torch device of the fusion model, such as cpu or cuda"
+    )
+    parser.add_argument(
+        "--batches", default="1,8,32", help="comma-separated batch sizes; the first is the baseline"
+    )
     args = parser.parse_args()
+    sizes = [int(size) for size in args.batches.split(",")]
 
     import torch
 
@@ -53,25 +61,34 @@ def main() -> int:
     )
     for _ in replay_file(processor, args.data_dir / CLIP, camera=config.cameras["clip"]):
         pass
+    if not windows:
+        print(
+            f"error: no track window was scored in {args.data_dir / CLIP}; check --data-dir", file=sys.stderr
+        )
+        return 1
     print(
         f"{len(windows)} track windows from {CLIP}; device {args.device}, {torch.get_num_threads()} threads"
     )
 
-    sizes = [int(size) for size in args.batches.split(",")]
     for mode in ("zero-shot", "prefix"):
         scorer.model.spec.use_prefix = mode == "prefix"
         baseline = None
         for size in sizes:
             pool = (windows * (size // len(windows) + 1))[:size]
-            scorer.score(pool)  # warm-up
-            scored, started = 0, time.perf_counter()
+            # One untimed call warms up the model and its caches.
+            scorer.score(pool)
+            scored = 0
+            started = time.perf_counter()
             while time.perf_counter() - started < args.seconds:
                 scorer.score(pool)
                 scored += len(pool)
             rate = scored / (time.perf_counter() - started)
-            baseline = baseline or rate
+            if baseline is None:
+                baseline = rate
+            call_ms = 1000 / rate * size
             print(
-                f"{mode:9} batch {size:>3}: {rate:8.1f} tracks/s  ({1000 / rate * size:6.1f} ms per call, ratio {rate / baseline:.2f})"
+                f"{mode:9} batch {size:>3}: {rate:8.1f} tracks/s  "
+                f"({call_ms:6.1f} ms per call, ratio {rate / baseline:.2f})"
             )
     return 0
 

@@ -42,7 +42,7 @@ class CameraPipeline:
 
 @dataclasses.dataclass
 class BatchResult:
-    """What one batch produced, for the caller to publish and to count."""
+    """Output of one batch, for the caller to publish and to count."""
 
     events: list[tuple[Event, Frame]]
     tracked: list[tuple[Frame, Detections]]
@@ -56,6 +56,13 @@ ScoreListener = Callable[[TrackWindow, dict[str, float]], None]
 
 
 class Processor:
+    """Runner of frame batches through detection, tracking, cues, fusion scoring and rules.
+
+    Only cameras whose config is enabled get a pipeline. With a ``scorer``, each
+    camera also keeps motion masks and a cue extractor, and ``on_scored`` is called
+    for every window scored.
+    """
+
     def __init__(
         self,
         config: VigilConfig,
@@ -75,6 +82,7 @@ class Processor:
                 self.add_camera(camera_id, camera)
 
     def add_camera(self, camera_id: str, camera: CameraConfig) -> CameraPipeline:
+        """Create the state of one camera, replacing any state it had before."""
         fusion = self.scorer is not None
         zones = {name: [(x, y) for x, y in zone.polygon] for name, zone in camera.zones.items()}
         pipeline = CameraPipeline(
@@ -93,8 +101,11 @@ class Processor:
         return pipeline.gate.should_detect(frame, has_live_tracks=bool(pipeline.tracker.tracks))
 
     def process(self, batch: list[Frame]) -> BatchResult:
+        """Detect, track and evaluate rules on ``batch``, then score the tracks that are due."""
         detections = self.detector.detect_batch([frame.image for frame in batch])
         result = BatchResult(events=[], tracked=[], detector_ms=getattr(self.detector, "last_timing_ms", 0.0))
+        # Tracks due a score, keyed by camera and track id. A track seen on several
+        # frames of the batch keeps the timestamp of the latest one.
         due: dict[tuple[str, int], tuple[Track, float]] = {}
         for frame, found in zip(batch, detections, strict=True):
             pipeline = self.cameras[frame.camera]
@@ -109,14 +120,19 @@ class Processor:
                         due[(frame.camera, track.track_id)] = (track, frame.timestamp)
             result.events.extend((event, frame) for event in pipeline.rules.evaluate(frame, live))
         if due and self.scorer is not None:
-            self._score(due, result)
+            self._score(self.scorer, due, result)
         return result
 
     def _due(self, track: Track, now: float) -> bool:
         return track.scored_at is None or now - track.scored_at >= self.config.fusion.score_interval_s
 
-    def _score(self, due: dict[tuple[str, int], tuple[Track, float]], result: BatchResult) -> None:
-        assert self.scorer is not None
+    def _score(
+        self,
+        scorer: FusionScorer,
+        due: dict[tuple[str, int], tuple[Track, float]],
+        result: BatchResult,
+    ) -> None:
+        """Score the windows of the due tracks in one call and store the scores on the tracks."""
         tracks: list[tuple[Track, float]] = []
         windows: list[TrackWindow] = []
         for (camera, track_id), (track, now) in due.items():
@@ -125,11 +141,11 @@ class Processor:
             if window is not None:
                 tracks.append((track, now))
                 windows.append(window)
-        scores = self.scorer.score(windows)
+        scores = scorer.score(windows)
         for (track, now), window, track_scores in zip(tracks, windows, scores, strict=True):
             track.scores = track_scores
             track.scored_at = now
             if self.on_scored is not None:
                 self.on_scored(window, track_scores)
-        result.fusion_ms = self.scorer.last_timing_ms
+        result.fusion_ms = scorer.last_timing_ms
         result.scored = len(windows)

@@ -27,9 +27,11 @@ def replay_file(
 ) -> Iterator[BatchResult]:
     """Process every frame of ``path`` as camera ``camera_id``, yielding each batch's result.
 
-    ``camera`` gives the fps limit, zones and rules; by default the file is read at
-    its own frame rate with no rules. The camera's state is replaced, so each call
-    starts with fresh tracks and events.
+    ``camera`` gives the fps limit, zones and rules. By default every frame is taken
+    and no rule runs. Frames are read as fast as they are processed, never paced to
+    the clip's frame rate, and the file is read once even when ``camera`` loops. The
+    camera's state is replaced, so each call starts with fresh tracks and events.
+    Raises ``StreamOpenError`` when the file cannot be opened.
     """
     url = SecretStr(str(path))
     if camera is None:

@@ -1,4 +1,4 @@
-"""The fusion model: cues from real footage, offline zero-shot scoring, batching, model folders, label rule."""
+"""Tests of the fusion model: cues from real footage, zero-shot scoring, batching, model folders, label rule."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from pipeline.config import FusionConfig, parse_config
 from pipeline.detect import YoloDetector
+from pipeline.errors import ConfigError, ModelLoadError
 from pipeline.fusion.features import CUE_NAMES, Observation, TrackWindow, cue_dict
 from pipeline.fusion.model import FusionModel, FusionSpec, stack_inputs
 from pipeline.fusion.prompt import track_prompt
@@ -67,10 +69,12 @@ def falling() -> TrackWindow:
 
 
 def standing() -> TrackWindow:
+    """Upright and still for a second."""
     return window([0.4] * 11, [0.6] * 11, [0.5] * 11)
 
 
 def running() -> TrackWindow:
+    """Upright and crossing the frame from left to right within one second."""
     xs = [0.05 + 0.09 * index for index in range(11)]
     return window([0.45] * 11, [0.5] * 11, [0.5] * 11, centres_x=xs)
 
@@ -99,7 +103,7 @@ def collect_cues(
     return by_track
 
 
-def test_fall_clip_changes_shape_more_than_walking_clip(
+def test_fall_clip_shape_change_exceeds_walk(
     detector: YoloDetector, scorer: FusionScorer, data_dir: Path
 ) -> None:
     fall = collect_cues(detector, scorer, data_dir / "gmdcsa24_fall" / "Subject 1" / "Fall" / "14.mp4")
@@ -126,7 +130,7 @@ def test_cue_vector_has_every_named_cue() -> None:
     assert cues["centre_drop_rate_max"] > 0.5
 
 
-def test_prompt_puts_the_fall_into_words() -> None:
+def test_prompt_describes_fall() -> None:
     text = track_prompt(falling(), cue_dict(falling()))
     assert text.startswith("camera ward, in the ")
     assert "suddenly falls down" in text
@@ -134,15 +138,17 @@ def test_prompt_puts_the_fall_into_words() -> None:
     assert "is upright" in track_prompt(standing(), cue_dict(standing()))
 
 
-def test_zero_shot_scores_offline_with_the_packaged_encoder(scorer: FusionScorer) -> None:
+def test_zero_shot_scores_offline(scorer: FusionScorer) -> None:
     assert scorer.version == "zero-shot"
     assert scorer.labels == ["fall"]
-    fall_score, stand_score = (scores["fall"] for scores in scorer.score([falling(), standing()]))
+    fall_scores, stand_scores = scorer.score([falling(), standing()])
+    fall_score = fall_scores["fall"]
+    stand_score = stand_scores["fall"]
     assert fall_score > 0.5
     assert stand_score < 0.5
 
 
-def test_a_new_label_works_from_its_description() -> None:
+def test_new_label_scores_from_description() -> None:
     config = FusionConfig(
         labels={"fall": "a person falls down and lies on the floor", "running": "a person runs"}
     )
@@ -153,7 +159,7 @@ def test_a_new_label_works_from_its_description() -> None:
     assert fall["fall"] > fall["running"]
 
 
-def test_batched_scores_match_one_at_a_time(scorer: FusionScorer) -> None:
+def test_batched_scores_match_single(scorer: FusionScorer) -> None:
     windows = [falling(), standing(), running(), falling()]
     together = scorer.score(windows)
     alone = [scorer.score([item])[0] for item in windows]
@@ -179,7 +185,7 @@ def prefix_model(visual_dim: int = 8, seed: int = 0) -> FusionModel:
     return model
 
 
-def test_batched_scores_match_with_prefix_tokens_and_missing_features() -> None:
+def test_prefix_batches_match_with_missing_features() -> None:
     model = prefix_model()
     rng = np.random.default_rng(1)
     windows = [
@@ -232,13 +238,14 @@ def test_model_folder_round_trip_and_hot_reload(tmp_path: Path) -> None:
     with torch.no_grad():
         second.label_bias.fill_(-5.0)
     save_model(second, root, version="20261204-110000")
-    assert scorer._watcher is not None and scorer._watcher.check()
+    assert scorer._watcher is not None
+    assert scorer._watcher.check()
     after = scorer.score([falling()])[0]["fall"]
     assert scorer.version == "20261204-110000"
     assert after < before
 
 
-def test_a_broken_model_folder_keeps_the_current_model(tmp_path: Path) -> None:
+def test_broken_model_folder_keeps_current(tmp_path: Path) -> None:
     root = tmp_path / "models"
     save_model(prefix_model(visual_dim=0), root, version="20261204-100000")
     scorer = FusionScorer(FusionConfig(model_dir=root), device="cpu")
@@ -246,9 +253,37 @@ def test_a_broken_model_folder_keeps_the_current_model(tmp_path: Path) -> None:
     broken.mkdir()
     (broken / "config.json").write_text("{not json")
     (broken / "model.safetensors").write_bytes(b"garbage")
-    assert scorer._watcher is not None and not scorer._watcher.check()
+    assert scorer._watcher is not None
+    assert not scorer._watcher.check()
     assert scorer.version == "20261204-100000"
     assert scorer.score([falling()])[0]["fall"] >= 0
+
+
+def test_zero_shot_scorer_loads_first_model(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    scorer = FusionScorer(FusionConfig(model_dir=root), device="cpu")
+    assert scorer.version == "zero-shot"
+    save_model(prefix_model(visual_dim=0), root, version="20261204-100000")
+    assert scorer._watcher is not None
+    assert scorer._watcher.check()
+    scorer.score([falling()])
+    assert scorer.version == "20261204-100000"
+
+
+def test_corrupt_weights_raise_load_error(tmp_path: Path) -> None:
+    folder = save_model(prefix_model(visual_dim=0), tmp_path, version="20261204-100000")
+    (folder / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ModelLoadError, match="20261204-100000"):
+        load_model(folder)
+
+
+def test_mismatched_weights_raise_load_error(tmp_path: Path) -> None:
+    folder = save_model(prefix_model(visual_dim=0), tmp_path, version="20261204-100000")
+    state = load_file(str(folder / "model.safetensors"))
+    state["label_bias"] = torch.zeros(3)
+    save_file(state, str(folder / "model.safetensors"))
+    with pytest.raises(ModelLoadError, match="do not match"):
+        load_model(folder)
 
 
 class LabelScene:
@@ -268,7 +303,7 @@ class LabelScene:
         return [(event.rule, event.state) for event in self.engine.evaluate(frame, [self.track])]
 
 
-def test_label_rule_fires_after_hold_and_cools_down() -> None:
+def test_label_rule_hold_and_cooldown() -> None:
     scene = LabelScene(
         {"fell": {"type": "label", "label": "fall", "hold_s": 1.0, "cooldown_s": 5, "exit_grace_s": 0.5}}
     )
@@ -285,15 +320,13 @@ def test_label_rule_fires_after_hold_and_cools_down() -> None:
     assert scene.step(9.0, 0.9) == [("fell", "started")]
 
 
-def test_fall_rule_uses_the_fusion_label_by_default() -> None:
+def test_fall_rule_defaults_to_fusion_label() -> None:
     scene = LabelScene({"fall": {"type": "fall", "hold_s": 0.5}})
     assert scene.step(0.0, 0.8) == []
     assert scene.step(0.5, 0.8) == [("fall", "started")]
 
 
-def test_label_rule_needs_a_known_label() -> None:
-    from pipeline.errors import ConfigError
-
+def test_label_rule_rejects_unknown_label() -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config(
             {"cameras": {"ward": {"url": "w.mp4", "rules": {"r": {"type": "label", "label": "fight"}}}}},

@@ -1,4 +1,4 @@
-"""The vision-language describer: a slow endpoint never holds an alert back."""
+"""Tests of the vision-language describer: a slow or failing endpoint never delays an alert."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import http.server
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +15,16 @@ import pytest
 import redis
 from servers import RedisServer
 
-from pipeline.config import parse_config
+from pipeline.config import VlmConfig, parse_config
 from pipeline.daemon import Daemon
-from pipeline.fusion.vlm import parse_reply
+from pipeline.fusion.vlm import VlmDescriber, parse_reply
 from pipeline.records import Event, Frame
 
 ENDPOINT_DELAY_S = 3.0
 
 
 class SlowChatEndpoint(http.server.ThreadingHTTPServer):
-    """An OpenAI-compatible /chat/completions that answers after a delay and keeps the requests."""
+    """OpenAI-compatible /chat/completions server that replies after a delay and records the requests."""
 
     def __init__(self, delay_s: float, reply: str) -> None:
         self.delay_s = delay_s
@@ -58,16 +58,40 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def endpoint() -> Iterator[SlowChatEndpoint]:
-    server = SlowChatEndpoint(
-        ENDPOINT_DELAY_S, json.dumps({"en": "A man lies by the bed.", "zh": "一名男子躺在床边。"})
-    )
+REPLY = json.dumps({"en": "A man lies by the bed.", "zh": "一名男子躺在床边。"})
+
+
+def serve(delay_s: float, reply: str) -> Iterator[SlowChatEndpoint]:
+    server = SlowChatEndpoint(delay_s, reply)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture
+def endpoint() -> Iterator[SlowChatEndpoint]:
+    yield from serve(ENDPOINT_DELAY_S, REPLY)
+
+
+@pytest.fixture
+def fast_endpoint() -> Iterator[SlowChatEndpoint]:
+    yield from serve(0.0, REPLY)
+
+
+@pytest.fixture
+def empty_endpoint() -> Iterator[SlowChatEndpoint]:
+    yield from serve(0.0, json.dumps({"text": "no en or zh key"}))
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
 
 
 def started_event() -> Event:
@@ -88,7 +112,7 @@ def started_event() -> Event:
     )
 
 
-def test_slow_endpoint_does_not_delay_the_alert(
+def test_slow_endpoint_does_not_delay_alert(
     endpoint: SlowChatEndpoint, redis_server: RedisServer, tmp_path: Path
 ) -> None:
     config = parse_config(
@@ -141,9 +165,72 @@ def test_slow_endpoint_does_not_delay_the_alert(
     assert content[1]["image_url"]["url"].startswith("data:image/jpeg;base64,")
 
 
-def test_reply_that_is_not_json_is_english_text() -> None:
+def test_plain_text_reply_is_english() -> None:
     assert parse_reply("Someone fell near the bed.") == {"vlm_en": "Someone fell near the bed."}
+
+
+def test_fenced_json_reply_is_parsed() -> None:
     assert parse_reply('```json\n{"en": "A fall.", "zh": "跌倒。"}\n```') == {
         "vlm_en": "A fall.",
         "vlm_zh": "跌倒。",
     }
+
+
+def test_reply_without_texts_is_empty() -> None:
+    assert parse_reply('{"text": "A fall."}') == {}
+
+
+def test_worker_survives_failing_callback(fast_endpoint: SlowChatEndpoint) -> None:
+    received: list[dict[str, str]] = []
+
+    def on_text(event: Event, texts: dict[str, str]) -> None:
+        if not received:
+            received.append({})
+            raise RuntimeError("publisher down")
+        received.append(texts)
+
+    config = VlmConfig(url=fast_endpoint.url, model="llava", workers=1)
+    describer = VlmDescriber(config, on_text)
+    describer.start()
+    try:
+        assert describer.submit(started_event(), None)
+        assert wait_until(lambda: describer.failed == 1)
+        assert describer.submit(started_event(), None)
+        assert wait_until(lambda: describer.answered == 1)
+    finally:
+        describer.stop()
+    assert received[1]["vlm_en"] == "A man lies by the bed."
+    assert describer.failed == 1
+
+
+def test_reply_without_texts_counts_failed(empty_endpoint: SlowChatEndpoint) -> None:
+    received: list[dict[str, str]] = []
+    config = VlmConfig(url=empty_endpoint.url, model="llava", workers=1)
+    describer = VlmDescriber(config, lambda event, texts: received.append(texts))
+    describer.start()
+    try:
+        assert describer.submit(started_event(), None)
+        assert wait_until(lambda: describer.failed == 1)
+    finally:
+        describer.stop()
+    assert received == []
+    assert describer.answered == 0
+
+
+def test_stop_ends_more_workers_than_queue_slots() -> None:
+    config = VlmConfig(url="http://127.0.0.1:9/v1", model="llava", workers=4, queue_size=1)
+    describer = VlmDescriber(config, lambda event, texts: None)
+    describer.start()
+    started = time.monotonic()
+    describer.stop(timeout=2.0)
+    assert time.monotonic() - started < 2.0
+    assert not any(thread.is_alive() for thread in describer._threads)
+
+
+def test_submit_after_stop_is_skipped() -> None:
+    config = VlmConfig(url="http://127.0.0.1:9/v1", model="llava", workers=1)
+    describer = VlmDescriber(config, lambda event, texts: None)
+    describer.start()
+    describer.stop()
+    assert not describer.submit(started_event(), None)
+    assert describer.skipped == 1

@@ -27,8 +27,9 @@ import numpy.typing as npt
 from pipeline.geometry import point_in_polygon
 from pipeline.records import Detections, Frame
 
-# Names of the entries of ``cue_vector``, in order. Training stores them with a
-# model so that a model built for a different list is refused instead of misread.
+# Names of the entries of ``cue_vector``, in order. Training stores them with a model,
+# and the scorer switches off the cue tokens of a model built for a different list
+# instead of misreading its inputs.
 CUE_NAMES: tuple[str, ...] = (
     "aspect_last",
     "aspect_mean",
@@ -59,7 +60,9 @@ CUE_NAMES: tuple[str, ...] = (
 # Class names that detectors trained for falls give a fallen person.
 FALL_CLASS_NAMES = frozenset({"fall", "fallen", "falling"})
 
+# Height in pixels that both crops are resized to before optical flow.
 FLOW_HEIGHT = 48
+# Seconds between two detected frames beyond which no flow is computed for the later one.
 MAX_FLOW_GAP_S = 1.0
 
 
@@ -93,7 +96,11 @@ class Observation:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class TrackWindow:
-    """The recent observations of one track, with the context the text prompt needs."""
+    """Recent observations of one track, with the context the text prompt needs.
+
+    ``dwell_s`` is the stream time since the track was first seen, and ``zones`` are
+    the camera zones that contain the bottom centre of the last box.
+    """
 
     camera: str
     track_id: int
@@ -113,11 +120,13 @@ class TrackWindow:
         return np.mean(np.stack(vectors), axis=0).astype(np.float32)
 
     def local_hour(self) -> float:
+        """Return the hour of the last capture in the daemon's local time zone, with minutes as a fraction."""
         when = dt.datetime.fromtimestamp(self.last.captured_at)
         return when.hour + when.minute / 60
 
 
 def _rates(values: npt.NDArray[np.float64], times: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Return the rates of change of ``values`` per second, skipping repeated timestamps, or [0] when none is left."""
     gaps = np.diff(times)
     keep = gaps > 1e-6
     if not keep.any():
@@ -126,19 +135,24 @@ def _rates(values: npt.NDArray[np.float64], times: npt.NDArray[np.float64]) -> n
 
 
 def cue_vector(window: TrackWindow) -> npt.NDArray[np.float32]:
-    """Return the window's traditional cues as a float32 vector ordered like ``CUE_NAMES``."""
+    """Return the window's traditional cues as a float32 vector ordered like ``CUE_NAMES``.
+
+    Centre velocities are in mean box heights per second, and ``height_drop_rate`` is
+    in tallest-box heights per second, so near and far people compare.
+    """
     obs = window.observations
     times = np.array([o.timestamp for o in obs], dtype=np.float64)
     aspect = np.array([o.aspect for o in obs], dtype=np.float64)
     height = np.array([o.height for o in obs], dtype=np.float64)
     cx = np.array([o.cx for o in obs], dtype=np.float64)
     cy = np.array([o.cy for o in obs], dtype=np.float64)
-    # Velocities in box heights per second, so that near and far people compare.
+    # Dividing by ``scale`` turns frame fractions per second into box heights per second.
     scale = max(float(height.mean()), 1e-3)
     tallest = max(float(height.max()), 1e-3)
     drops = _rates(cy, times) / scale
     speeds = np.hypot(_rates(cx, times), _rates(cy, times)) / scale
     span = times[-1] - times[0]
+    centre_drop_rate = (cy[-1] - cy[0]) / span / scale if span > 1e-6 else 0.0
     hour = window.local_hour()
     values = {
         "aspect_last": aspect[-1],
@@ -149,7 +163,7 @@ def cue_vector(window: TrackWindow) -> npt.NDArray[np.float32]:
         "aspect_rate_max": np.abs(_rates(aspect, times)).max(),
         "height_ratio": height[-1] / tallest,
         "height_drop_rate": max(0.0, -float(_rates(height, times).min()) / tallest),
-        "centre_drop_rate": (cy[-1] - cy[0]) / span / scale if span > 1e-6 else 0.0,
+        "centre_drop_rate": centre_drop_rate,
         "centre_drop_rate_max": max(0.0, float(drops.max())),
         "speed": speeds.mean(),
         "motion_mean": np.mean([o.motion for o in obs]),
@@ -170,6 +184,7 @@ def cue_vector(window: TrackWindow) -> npt.NDArray[np.float32]:
 
 
 def cue_dict(window: TrackWindow) -> dict[str, float]:
+    """Return ``cue_vector(window)`` keyed by cue name."""
     return dict(zip(CUE_NAMES, cue_vector(window).tolist(), strict=True))
 
 
@@ -183,7 +198,7 @@ def _grey(image: npt.NDArray[np.uint8], width: int) -> npt.NDArray[np.uint8]:
 def _crop(
     image: npt.NDArray[np.uint8], box: tuple[float, float, float, float]
 ) -> npt.NDArray[np.uint8] | None:
-    """Cut the box, given as fractions of the frame, out of ``image``; None when it is empty."""
+    """Cut the box, given as fractions of the frame, out of ``image``, or return None when it is under 2 pixels wide or high."""
     h, w = image.shape[:2]
     x1, y1 = max(0, math.floor(box[0] * w)), max(0, math.floor(box[1] * h))
     x2, y2 = min(w, math.ceil(box[2] * w)), min(h, math.ceil(box[3] * h))
@@ -195,7 +210,11 @@ def _crop(
 def box_flow(
     previous: npt.NDArray[np.uint8], current: npt.NDArray[np.uint8], box: tuple[float, float, float, float]
 ) -> tuple[float, float, float]:
-    """Mean flow magnitude, dx and dy inside ``box`` between two grey frames, in box heights per frame."""
+    """Compute the mean flow magnitude, dx and dy inside ``box`` between two grey frames.
+
+    The values are in box heights per frame interval, and all three are zero when the
+    box is too small to crop.
+    """
     before, after = _crop(previous, box), _crop(current, box)
     if before is None or after is None:
         return 0.0, 0.0, 0.0
@@ -212,10 +231,11 @@ def box_flow(
 
 
 class CueExtractor:
-    """Records an ``Observation`` per track and frame for one camera, and builds track windows.
+    """Recorder of one ``Observation`` per track and frame for one camera, which also builds track windows.
 
-    ``window_s`` seconds of observations are kept per track (at most ``max_observations``),
-    and tracks that are no longer live are forgotten by ``retain``.
+    Each track keeps its last ``max_observations`` observations, and ``window`` returns
+    those of the last ``window_s`` seconds. ``retain`` drops tracks that are no longer
+    live. Optical flow runs on frames scaled down to ``flow_width`` pixels.
     """
 
     def __init__(
@@ -247,7 +267,9 @@ class CueExtractor:
         ``visual`` holds one detector feature row per box of ``tracked``.
         """
         if tracked.track_id is None:
-            raise ValueError("observe() needs tracked detections")
+            raise ValueError(
+                f"camera {self.camera}: observe() got detections without track_id; pass the tracker's output"
+            )
         grey = _grey(frame.image, min(self.flow_width, frame.width)) if len(tracked) else None
         previous = self._previous
         flow_gap = frame.timestamp - previous[0] if previous is not None else math.inf
@@ -256,12 +278,14 @@ class CueExtractor:
             width_px, height_px = max(x2 - x1, 1.0), max(y2 - y1, 1.0)
             box = (x1 / frame.width, y1 / frame.height, x2 / frame.width, y2 / frame.height)
             motion = 0.0
-            if motion_mask is not None:
-                region = _crop(motion_mask, box)
-                motion = float(np.count_nonzero(region)) / region.size if region is not None else 0.0
+            region = _crop(motion_mask, box) if motion_mask is not None else None
+            if region is not None:
+                motion = float(np.count_nonzero(region)) / region.size
             magnitude = dx = dy = 0.0
             if grey is not None and previous is not None and 0 < flow_gap <= MAX_FLOW_GAP_S:
-                magnitude, dx, dy = (value / flow_gap for value in box_flow(previous[1], grey, box))
+                # box_flow measures per frame interval; dividing by the gap gives per second.
+                per_frame = box_flow(previous[1], grey, box)
+                magnitude, dx, dy = (value / flow_gap for value in per_frame)
             observation = Observation(
                 timestamp=frame.timestamp,
                 captured_at=frame.captured_at,
@@ -287,7 +311,10 @@ class CueExtractor:
             self._previous = (frame.timestamp, grey)
 
     def window(self, track_id: int, first_seen: float) -> TrackWindow | None:
-        """The observations of the last ``window_s`` seconds of ``track_id``; None when it has none."""
+        """Return the last ``window_s`` seconds of ``track_id``, or None when it has no observations.
+
+        ``first_seen`` is the track's first stream timestamp, which sets ``dwell_s``.
+        """
         history = self._observations.get(track_id)
         if not history:
             return None
@@ -307,7 +334,8 @@ class CueExtractor:
     def retain(self, live_ids: Iterable[int]) -> None:
         """Forget every track not in ``live_ids``."""
         keep = set(live_ids)
-        for track_id in [tid for tid in self._observations if tid not in keep]:
+        gone = [track_id for track_id in self._observations if track_id not in keep]
+        for track_id in gone:
             del self._observations[track_id]
 
     def __len__(self) -> int:

@@ -21,9 +21,13 @@ RUNNING_SPEED = 1.5
 WALKING_SPEED = 0.35
 # Change of width over height within the window.
 TOPPLE_CHANGE = 0.45
+# Last box height as a fraction of the tallest in the window, below which a quick
+# drop without toppling reads as sitting or crouching.
+CROUCH_HEIGHT_RATIO = 0.75
 
 
 def time_of_day(hour: float) -> str:
+    """Return the part of the day for a local ``hour`` in [0, 24), as a phrase."""
     if 6 <= hour < 12:
         return "in the morning"
     if 12 <= hour < 18:
@@ -47,7 +51,7 @@ def _change(cues: dict[str, float]) -> str | None:
     dropped = cues["height_drop_rate"] >= SUDDEN_DROP_RATE or cues["centre_drop_rate_max"] >= SUDDEN_DROP_RATE
     if toppled and dropped:
         return "suddenly falls down"
-    if dropped and cues["height_ratio"] < 0.75:
+    if dropped and cues["height_ratio"] < CROUCH_HEIGHT_RATIO:
         return "sits or crouches down quickly"
     if toppled:
         return "tips over sideways"
@@ -73,11 +77,14 @@ def _dwell(seconds: float) -> str | None:
 
 
 def track_prompt(window: TrackWindow, cues: dict[str, float]) -> str:
-    """The sentence the encoder reads for ``window``; ``cues`` is ``cue_dict(window)``."""
+    """Return the sentence the encoder reads for ``window``; ``cues`` is ``cue_dict(window)``."""
     where = f"camera {window.camera}"
     if window.zones:
         where += ", zone " + ", ".join(window.zones)
-    actions = [change for change in (_change(cues),) if change]
+    actions: list[str] = []
+    change = _change(cues)
+    if change:
+        actions.append(change)
     actions.append(_posture(cues))
     actions.append(_movement(cues))
     dwell = _dwell(window.dwell_s)

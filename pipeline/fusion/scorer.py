@@ -5,7 +5,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
 import torch
 
 from pipeline.config import FusionConfig
@@ -17,8 +20,13 @@ from pipeline.fusion.store import ModelWatcher, latest_version, load_model
 logger = logging.getLogger(__name__)
 
 
-def prepare(windows: Sequence[TrackWindow]) -> tuple[list, list, list[str]]:
-    """Cue vectors, visual vectors and prompts of ``windows``: the model's inputs, also used in training."""
+def prepare(
+    windows: Sequence[TrackWindow],
+) -> tuple[list[npt.NDArray[np.float32]], list[npt.NDArray[np.float32] | None], list[str]]:
+    """Compute the cue vectors, visual vectors and prompts of ``windows``, the model's inputs.
+
+    Training calls it too, so that a model gets the same inputs in both places.
+    """
     cues = [cue_vector(window) for window in windows]
     visual = [window.visual() for window in windows]
     texts = [track_prompt(window, cue_dict(window)) for window in windows]
@@ -40,15 +48,16 @@ class FusionScorer:
         self.device = device
         self.visual_dim = visual_dim
         self.last_timing_ms = 0.0
-        self.model = self._initial_model()
+        folder = latest_version(config.model_dir) if config.model_dir is not None else None
+        self.model = self._initial_model(folder)
         self._watcher: ModelWatcher | None = None
         if config.model_dir is not None:
-            self._watcher = ModelWatcher(
-                config.model_dir, self.model.spec.version, device, config.reload_interval_s
-            )
+            # A zero-shot model has no folder, so the watcher gets None and takes any
+            # version as newer. Its version name "zero-shot" sorts after every timestamp.
+            current = folder.name if folder is not None else None
+            self._watcher = ModelWatcher(config.model_dir, current, device, config.reload_interval_s)
 
-    def _initial_model(self) -> FusionModel:
-        folder = latest_version(self.config.model_dir) if self.config.model_dir is not None else None
+    def _initial_model(self, folder: Path | None) -> FusionModel:
         if folder is not None:
             model = load_model(folder, self.device)
         else:
@@ -68,6 +77,7 @@ class FusionScorer:
         return self._adopt(model)
 
     def _adopt(self, model: FusionModel) -> FusionModel:
+        """Switch off inputs the model cannot use, add the config's new labels, and log the result."""
         if model.spec.cue_names != CUE_NAMES:
             logger.warning(
                 "fusion model %s was trained on other cues; its prefix is switched off", model.spec.version
@@ -75,7 +85,8 @@ class FusionScorer:
             model.spec.use_prefix = False
         if model.spec.visual_dim not in (0, self.visual_dim):
             logger.warning(
-                "fusion model %s expects %d detector features, the detector gives %d; visual tokens are off",
+                "fusion model %s expects %d detector features but the detector gives %d; "
+                "its visual tokens are masked out",
                 model.spec.version,
                 model.spec.visual_dim,
                 self.visual_dim,
@@ -101,6 +112,7 @@ class FusionScorer:
         return self.model.spec.version
 
     def start(self) -> None:
+        """Start watching ``model_dir`` for newer versions, when one is configured."""
         if self._watcher is not None:
             self._watcher.start()
 
@@ -108,7 +120,7 @@ class FusionScorer:
         if self._watcher is not None:
             self._watcher.stop()
 
-    def _maybe_swap(self) -> None:
+    def _swap_if_reloaded(self) -> None:
         if self._watcher is None:
             return
         fresh = self._watcher.take()
@@ -118,8 +130,8 @@ class FusionScorer:
             logger.info("fusion model reloaded: %s -> %s", previous, self.model.spec.version)
 
     def score(self, windows: Sequence[TrackWindow]) -> list[dict[str, float]]:
-        """Label scores in [0, 1] for each window, in order."""
-        self._maybe_swap()
+        """Score each window against every label and return the scores in [0, 1], in window order."""
+        self._swap_if_reloaded()
         if not windows:
             return []
         started = time.perf_counter()

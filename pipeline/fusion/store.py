@@ -11,7 +11,8 @@ A model root holds one folder per version::
         data.sha256        hash of the training data (optional)
 
 A version is written under a hidden name and renamed into place, so a reader never
-sees half a model. Folder names sort in publication order; the greatest wins.
+sees half a model. Folder names are UTC timestamps that sort in publication order,
+and the greatest name wins.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ import logging
 import os
 import shutil
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from pipeline.errors import ModelLoadError
@@ -36,6 +39,7 @@ REQUIRED_FILES = ("config.json", "model.safetensors")
 
 
 def new_version_name(now: dt.datetime | None = None) -> str:
+    """Return a version folder name for ``now`` (UTC by default), down to the microsecond."""
     return (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%d-%H%M%S-%f")
 
 
@@ -45,8 +49,12 @@ def save_model(
     version: str | None = None,
     metrics: dict[str, Any] | None = None,
     data_hash: str | None = None,
+    attachments: Sequence[Path] = (),
 ) -> Path:
-    """Write ``model`` as a new version under ``root`` and return its folder."""
+    """Write ``model`` as a new version under ``root`` and return its folder.
+
+    ``attachments`` (plots, reports) are copied into the folder before it is published.
+    """
     version = version or new_version_name()
     root.mkdir(parents=True, exist_ok=True)
     final = root / version
@@ -63,12 +71,14 @@ def save_model(
         (partial / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     if data_hash is not None:
         (partial / "data.sha256").write_text(data_hash + "\n", encoding="utf-8")
+    for attachment in attachments:
+        shutil.copyfile(attachment, partial / attachment.name)
     os.replace(partial, final)
     return final
 
 
 def latest_version(root: Path) -> Path | None:
-    """The newest complete version folder under ``root``, or None."""
+    """Return the newest complete version folder under ``root``, or None when there is none."""
     if not root.is_dir():
         return None
     versions = [
@@ -82,32 +92,45 @@ def latest_version(root: Path) -> Path | None:
 
 
 def load_model(folder: Path, device: str = "cpu") -> FusionModel:
-    """Rebuild the model stored in ``folder``; the frozen encoder comes from its original source."""
+    """Rebuild the model stored in ``folder``; the frozen encoder comes from its original source.
+
+    Raises ``ModelLoadError`` when a file is missing or unreadable, or when the
+    weights do not fit the stored config.
+    """
     try:
         spec = FusionSpec.from_json(json.loads((folder / "config.json").read_text(encoding="utf-8")))
-        # safetensors holds plain tensors only: loading it runs no code.
+        # safetensors holds plain tensors only, so loading it runs no code.
         state = load_file(str(folder / "model.safetensors"), device="cpu")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ModelLoadError(f"cannot load fusion model {folder}: {exc}") from exc
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:
+        raise ModelLoadError(
+            f"fusion model {folder} failed to load: {exc}; republish it or remove the folder"
+        ) from exc
     model = FusionModel.build(spec, device="cpu")
     # The label and bias tensors are sized by the spec's labels, which build() already used.
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        # load_state_dict raises RuntimeError when a tensor's shape differs from the model's.
+        raise ModelLoadError(f"fusion model {folder}: weights do not match its config.json: {exc}") from exc
     unexpected_keys = [key for key in unexpected if not key.startswith("encoder.")]
-    not_encoder = [key for key in missing if not key.startswith("encoder.")]
-    if unexpected_keys or not_encoder:
+    missing_keys = [key for key in missing if not key.startswith("encoder.")]
+    if unexpected_keys or missing_keys:
         raise ModelLoadError(
-            f"fusion model {folder}: weights do not match its config "
-            f"(missing {not_encoder[:3]}, unexpected {unexpected_keys[:3]})"
+            f"fusion model {folder}: weights do not match its config.json "
+            f"(missing {missing_keys[:3]}, unexpected {unexpected_keys[:3]})"
         )
     model.spec.version = folder.name
     return model.to(device).eval()
 
 
 class ModelWatcher:
-    """Polls a model root in a background thread and loads each newer version it finds.
+    """Background poller of a model root that loads each newer version it finds.
 
-    ``take()`` returns a freshly loaded model once, from the thread that uses the
-    model, so the swap happens between two batches and never during one.
+    ``current`` is the version folder in use, or None for a model that was not
+    loaded from ``root`` (then any version found is newer). ``take()`` returns a
+    freshly loaded model once, called from the thread that uses the model, so the
+    swap happens between two batches and never during one. A version that fails
+    to load is skipped until a newer one appears.
     """
 
     def __init__(self, root: Path, current: str | None, device: str, interval_s: float) -> None:
@@ -128,6 +151,7 @@ class ModelWatcher:
         self._stop.set()
 
     def take(self) -> FusionModel | None:
+        """Return the model loaded since the last call, or None when there is none."""
         with self._lock:
             model, self._ready = self._ready, None
         return model
@@ -143,7 +167,12 @@ class ModelWatcher:
             model = load_model(folder, self.device)
         except ModelLoadError as exc:
             self._failed.add(folder.name)
-            logger.error("fusion model %s not loaded, keeping %s: %s", folder.name, self.current, exc)  # noqa: TRY400
+            logger.error(  # noqa: TRY400
+                "fusion model %s not loaded, keeping %s: %s",
+                folder.name,
+                self.current or "the current model",
+                exc,
+            )
             return False
         with self._lock:
             self._ready = model

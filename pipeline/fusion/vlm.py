@@ -3,7 +3,7 @@
 The daemon publishes every alert at once with its template description. When a
 ``fusion.vlm`` endpoint is configured, each new event's snapshot and structured
 fields are also sent to it by worker threads, off the frame path and with a
-timeout; when the answer arrives, the event is published again with the same id,
+timeout. When the reply arrives, the event is published again with the same id,
 state ``updated`` and the model's sentences under ``description.vlm_en`` and
 ``description.vlm_zh``. A slow, failing or absent endpoint only costs those
 extra sentences.
@@ -12,11 +12,12 @@ extra sentences.
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import logging
 import queue
 import threading
-import urllib.error
+import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -33,11 +34,15 @@ SYSTEM_PROMPT = (
     "in Simplified Chinese. Say only what the image and the event fields support."
 )
 
+# Seconds an idle worker waits for a request before it checks whether stop() was called.
+STOP_POLL_S = 0.2
+
+# Called on a worker thread with the event and its new description fields.
 TextListener = Callable[[Event, dict[str, str]], None]
 
 
 def event_summary(event: Event) -> dict[str, Any]:
-    """The structured part of the request: what the rules already know about the event."""
+    """Return the structured part of the request, which is what the rules already know about the event."""
     return {
         "camera": event.camera,
         "rule": event.rule,
@@ -51,26 +56,41 @@ def event_summary(event: Event) -> dict[str, Any]:
 
 
 def parse_reply(content: str) -> dict[str, str]:
-    """Read ``{"en": ..., "zh": ...}`` from the reply; a reply that is not such JSON is English text."""
+    """Read ``{"en": ..., "zh": ...}`` from the reply, with or without a Markdown code fence.
+
+    A reply that is not a JSON object is taken as English text. The result is empty
+    when the object has neither an ``en`` nor a ``zh`` value.
+    """
     text = content.strip()
     if text.startswith("```"):
         text = text.strip("`").removeprefix("json").strip()
     try:
         data = json.loads(text)
     except json.JSONDecodeError:
-        return {"vlm_en": content.strip()}
+        return {"vlm_en": text}
     if not isinstance(data, dict):
-        return {"vlm_en": content.strip()}
-    return {f"vlm_{key}": str(data[key]).strip() for key in ("en", "zh") if data.get(key)}
+        return {"vlm_en": text}
+    texts: dict[str, str] = {}
+    for key in ("en", "zh"):
+        if data.get(key):
+            texts[f"vlm_{key}"] = str(data[key]).strip()
+    return texts
 
 
 class VlmDescriber:
-    """Worker threads that ask the endpoint about each submitted event and hand the text back."""
+    """Pool of worker threads that ask the endpoint about each submitted event and hand the text back.
+
+    ``answered``, ``failed`` and ``skipped`` count the events described, those whose
+    request or callback failed, and those dropped because the queue was full or the
+    describer stopped.
+    """
 
     def __init__(self, config: VlmConfig, on_text: TextListener) -> None:
         self.config = config
         self.on_text = on_text
-        self._queue: queue.Queue[tuple[Event, str | None] | None] = queue.Queue(config.queue_size)
+        self._queue: queue.Queue[tuple[Event, str | None]] = queue.Queue(config.queue_size)
+        self._stop = threading.Event()
+        self._counts_lock = threading.Lock()
         self._threads = [
             threading.Thread(target=self._work, name=f"vlm-{index}", daemon=True)
             for index in range(config.workers)
@@ -83,51 +103,98 @@ class VlmDescriber:
         for thread in self._threads:
             thread.start()
 
-    def stop(self) -> None:
-        """Ask the workers to stop after their current request; requests still queued are dropped."""
+    def stop(self, timeout: float = 0.5) -> None:
+        """Stop the workers after their current request; requests still queued are dropped.
+
+        Waits up to ``timeout`` seconds in all for the workers to end. A worker that is
+        still waiting for the endpoint ends once its request returns or times out.
+        """
+        self._stop.set()
+        dropped = 0
         while True:
             try:
                 self._queue.get_nowait()
             except queue.Empty:
                 break
-        for _ in self._threads:
-            try:
-                self._queue.put_nowait(None)
-            except queue.Full:
-                break
+            dropped += 1
+        if dropped:
+            self._count("skipped", dropped)
+            logger.warning("vision-language describer stopped: %d queued events not described", dropped)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join(max(0.0, deadline - time.monotonic()))
 
     def submit(self, event: Event, snapshot: str | None) -> bool:
-        """Queue a request; False when the queue is full and the event goes without one."""
+        """Queue a request; return False when the queue is full or the describer stopped."""
+        if self._stop.is_set():
+            self._count("skipped")
+            logger.warning(
+                "vision-language describer stopped: event %s of camera %s not described",
+                event.id,
+                event.camera,
+            )
+            return False
         try:
             self._queue.put_nowait((event, snapshot))
         except queue.Full:
-            self.skipped += 1
+            self._count("skipped")
             logger.warning(
-                "vision-language queue full: event %s of camera %s not described", event.id, event.camera
+                "vision-language queue full (%d): event %s of camera %s not described; "
+                "raise fusion.vlm.workers or fusion.vlm.queue_size if this repeats",
+                self.config.queue_size,
+                event.id,
+                event.camera,
             )
             return False
         return True
 
+    def _count(self, name: str, amount: int = 1) -> None:
+        with self._counts_lock:
+            setattr(self, name, getattr(self, name) + amount)
+
     def _work(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            event, snapshot = item
+        while not self._stop.is_set():
             try:
-                texts = self.describe(event, snapshot)
-            except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
-                self.failed += 1
-                logger.warning(
-                    "vision-language description of event %s (camera %s) failed: %s",
-                    event.id,
-                    event.camera,
-                    exc,
-                )
+                event, snapshot = self._queue.get(timeout=STOP_POLL_S)
+            except queue.Empty:
                 continue
-            if texts:
-                self.answered += 1
-                self.on_text(event, texts)
+            self._describe_one(event, snapshot)
+
+    def _describe_one(self, event: Event, snapshot: str | None) -> None:
+        """Describe one event and pass the text on, logging and counting each expected failure."""
+        try:
+            texts = self.describe(event, snapshot)
+        except (OSError, http.client.HTTPException, ValueError, KeyError, IndexError, TypeError) as exc:
+            self._count("failed")
+            logger.warning(
+                "vision-language description of event %s (camera %s) failed: %s",
+                event.id,
+                event.camera,
+                exc,
+            )
+            return
+        if not texts:
+            self._count("failed")
+            logger.warning(
+                "vision-language reply for event %s (camera %s) has no 'en' or 'zh' text; "
+                "check that the model follows the system prompt",
+                event.id,
+                event.camera,
+            )
+            return
+        try:
+            self.on_text(event, texts)
+        except Exception:
+            # The worker must survive a failing callback, or later events would never be described.
+            self._count("failed")
+            logger.exception(
+                "publishing the vision-language description of event %s (camera %s) failed",
+                event.id,
+                event.camera,
+            )
+            return
+        self._count("answered")
 
     def _request_body(self, event: Event, snapshot: str | None) -> dict[str, Any]:
         content: list[dict[str, Any]] = [
@@ -144,7 +211,14 @@ class VlmDescriber:
         }
 
     def describe(self, event: Event, snapshot: str | None) -> dict[str, str]:
-        """Ask the endpoint once, blocking for at most ``timeout_s``; return the description fields."""
+        """Ask the endpoint once and return the description fields.
+
+        ``timeout_s`` bounds the connection and each read, not the whole request, so a
+        server that keeps sending slowly can hold a worker longer. Raises ``OSError`` or
+        ``http.client.HTTPException`` when the request fails, and ``ValueError``,
+        ``KeyError``, ``IndexError`` or ``TypeError`` when the reply is not a chat
+        completion with a text message.
+        """
         body = json.dumps(self._request_body(event, snapshot)).encode("utf-8")
         headers = {"Content-Type": "application/json"}
         if self.config.api_key is not None:
@@ -154,4 +228,7 @@ class VlmDescriber:
         )
         with urllib.request.urlopen(request, timeout=self.config.timeout_s) as response:
             reply = json.loads(response.read().decode("utf-8"))
-        return parse_reply(reply["choices"][0]["message"]["content"])
+        content = reply["choices"][0]["message"]["content"]
+        if not isinstance(content, str):
+            raise TypeError(f"invalid reply: message content is {type(content).__name__}, expected text")
+        return parse_reply(content)
