@@ -44,6 +44,62 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from training.config import load_training_config
+    from training.run import run_train
+
+    config = load_training_config(args.config)
+    if args.output is not None:
+        config = config.model_copy(update={"output": args.output})
+    folder = run_train(config, resume=args.resume, progress=not args.quiet)
+    metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    print(f"model published: {folder}")
+    for label, values in metrics["validation"].items():
+        print(
+            f"  {label}: validation recall {values['recall']:.2f}, precision {values['precision']:.2f}, "
+            f"AP {values.get('ap', float('nan')):.3f}"
+        )
+    print("A daemon whose fusion.model_dir is this folder's parent loads it within fusion.reload_interval_s.")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from pipeline.fusion.store import latest_version
+    from training.config import load_training_config
+    from training.evaluate import format_table
+    from training.run import run_eval
+
+    config = load_training_config(args.config)
+    folder = args.model
+    if folder is None and not args.baselines_only:
+        folder = latest_version(config.output)
+        if folder is None:
+            print(f"no model in {config.output}; evaluating the baselines only", file=sys.stderr)
+    report = run_eval(config, folder, progress=not args.quiet)
+    rows = [
+        {"method": method, "label": label, **values}
+        for method, by_label in report.items()
+        if isinstance(by_label, dict)
+        for label, values in by_label.items()
+    ]
+    columns = [
+        "method",
+        "label",
+        "roc_auc",
+        "ap",
+        "precision",
+        "recall",
+        "f1",
+        "false_alerts_without_label",
+        "false_alarms_per_hour",
+    ]
+    print(format_table(rows, columns))
+    if args.json is not None:
+        args.json.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+        print(f"written: {args.json}")
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
     from pipeline.daemon import Daemon
@@ -150,6 +206,31 @@ def build_parser() -> argparse.ArgumentParser:
     alerts.add_argument("--language", choices=["en", "zh"], default="en")
     alerts.add_argument("--json", action="store_true", help="print the raw JSON messages")
     alerts.set_defaults(handler=cmd_alerts)
+
+    training = commands.add_parser(
+        "train", help="fine-tune the fusion model on annotated footage and publish it"
+    )
+    training.add_argument("-c", "--config", type=Path, required=True, help="training config (YAML)")
+    training.add_argument(
+        "--output", type=Path, help="model root to publish into (default: the config's output)"
+    )
+    training.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    training.add_argument("--quiet", action="store_true", help="no progress bars")
+    training.set_defaults(handler=cmd_train)
+
+    evaluation = commands.add_parser(
+        "eval", help="evaluate a fusion model and the baselines on annotated footage"
+    )
+    evaluation.add_argument("-c", "--config", type=Path, required=True, help="training config (YAML)")
+    evaluation.add_argument(
+        "--model", type=Path, help="model folder (default: the newest under the config's output)"
+    )
+    evaluation.add_argument(
+        "--baselines-only", action="store_true", help="only the zero-shot model and the detector"
+    )
+    evaluation.add_argument("--json", type=Path, help="also write the report as JSON")
+    evaluation.add_argument("--quiet", action="store_true", help="no progress bars")
+    evaluation.set_defaults(handler=cmd_eval)
 
     check = commands.add_parser("check-config", help="validate a config file and print every error")
     check.add_argument("file")

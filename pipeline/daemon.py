@@ -211,6 +211,9 @@ class Daemon:
                     )
             if time.monotonic() - self._last_stats >= STATS_INTERVAL_S:
                 self._update_stats()
+                # A newly published model is taken up even while no track needs a score.
+                if self.scorer is not None:
+                    self.scorer.swap_if_reloaded()
 
     def _process_batch(self, batch: list[Frame]) -> None:
         result = self.processor.process(batch)

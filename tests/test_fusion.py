@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from servers import RedisServer
 
 from pipeline.config import FusionConfig, parse_config
 from pipeline.detect import YoloDetector
@@ -336,3 +338,31 @@ def test_label_rule_rejects_unknown_label() -> None:
         "cameras.ward.rules.r.label",
         "unknown label 'fight'; fusion.labels has: fall",
     ) in caught.value.problems
+
+
+def test_running_daemon_reloads_published_model(tmp_path: Path, redis_server: RedisServer) -> None:
+    from pipeline.daemon import Daemon
+
+    root = tmp_path / "models"
+    config = parse_config(
+        {
+            "cameras": {"ward": {"url": "ward.mp4", "enabled": False}},
+            "redis": {"url": redis_server.url},
+            "metrics": {"enabled": False},
+            "fusion": {"model_dir": str(root), "reload_interval_s": 0.2},
+        },
+        env={},
+    )
+    daemon = Daemon(config, detector=object())  # type: ignore[arg-type]
+    assert daemon.scorer is not None
+    assert daemon.scorer.version == "zero-shot"
+    daemon.start()
+    try:
+        save_model(prefix_model(visual_dim=0), root, version="20261204-120000")
+        deadline = time.monotonic() + 20
+        while daemon.scorer.version != "20261204-120000" and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        daemon.stop()
+    assert daemon.scorer.version == "20261204-120000"
+    assert daemon.scorer.model.spec.use_prefix

@@ -120,18 +120,24 @@ class FusionScorer:
         if self._watcher is not None:
             self._watcher.stop()
 
-    def _swap_if_reloaded(self) -> None:
+    def swap_if_reloaded(self) -> bool:
+        """Switch to a newer model the watcher has loaded; return True when the model changed.
+
+        Call it from the thread that scores, between two calls of ``score``.
+        """
         if self._watcher is None:
-            return
+            return False
         fresh = self._watcher.take()
         if fresh is not None:
             previous = self.model.spec.version
             self.model = self._adopt(fresh)
             logger.info("fusion model reloaded: %s -> %s", previous, self.model.spec.version)
+            return True
+        return False
 
     def score(self, windows: Sequence[TrackWindow]) -> list[dict[str, float]]:
         """Score each window against every label and return the scores in [0, 1], in window order."""
-        self._swap_if_reloaded()
+        self.swap_if_reloaded()
         if not windows:
             return []
         started = time.perf_counter()

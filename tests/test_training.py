@@ -1,0 +1,114 @@
+"""Training: evaluation arithmetic on known cases, grouped splits, and a tiny real training run."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.fusion.store import load_model
+from training.config import TrainingConfig
+from training.evaluate import EventCounts, alerts_from_scores, average_precision, roc_auc
+from training.run import collect_segments, extract_all, run_train
+from training.train import split_by_group
+
+
+def test_roc_auc_known_case() -> None:
+    # Of the four positive-negative pairs, three are ordered right.
+    assert roc_auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == pytest.approx(0.75)
+    assert roc_auc([0, 1], [0.5, 0.5]) == pytest.approx(0.5)
+    assert math.isnan(roc_auc([1, 1], [0.2, 0.3]))
+
+
+def test_average_precision_known_case() -> None:
+    # Ranked: 0.8 (hit), 0.4 (miss), 0.35 (hit): precision 1 at recall 0.5, 2/3 at recall 1.
+    assert average_precision([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == pytest.approx(0.5 * 1 + 0.5 * 2 / 3)
+    assert average_precision([1, 0, 1], [0.9, 0.2, 0.8]) == pytest.approx(1.0)
+    assert math.isnan(average_precision([0, 0], [0.1, 0.2]))
+
+
+def test_alerts_need_hold_and_respect_cooldown() -> None:
+    times = [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 10.0, 10.5, 11.0]
+    scores = [0.9, 0.9, 0.9, 0.2, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9]
+    tracks = [1] * len(times)
+    # The second run of high scores began at 2.0, inside the cooldown, and alerts once the cooldown is over.
+    assert alerts_from_scores(times, tracks, scores, threshold=0.5, hold_s=1.0, cooldown_s=5.0) == [1.0, 10.0]
+    # Another track is timed on its own.
+    both = alerts_from_scores([0.0, 0.0, 1.0, 1.0], [1, 2, 1, 2], [0.9, 0.1, 0.9, 0.9], 0.5, 1.0, 5.0)
+    assert both == [1.0]
+
+
+def test_event_counts_known_case() -> None:
+    counts = EventCounts()
+    counts.add([2.0, 9.0], [(1.0, 3.0), (5.0, 6.0)], duration_s=10.0, slack_s=1.0)  # one hit, one false
+    counts.add([4.0], [], duration_s=1800.0, slack_s=1.0)  # half an hour without the label
+    assert counts.segments == 2
+    assert counts.found == 1
+    assert counts.precision == pytest.approx(1 / 3)
+    assert counts.recall == pytest.approx(0.5)
+    assert counts.f1 == pytest.approx(2 * (1 / 3) * 0.5 / (1 / 3 + 0.5))
+    assert counts.false_alarms_per_hour == pytest.approx(2.0)
+
+
+def test_split_keeps_groups_apart() -> None:
+    videos = [f"Subject {s}/{kind}/{n}.mp4" for s in (1, 2, 3) for kind in ("Fall", "ADL") for n in (1, 2)]
+    train, validation = split_by_group(videos, depth=1, fraction=0.34, seed=0)
+    assert sorted(train + validation) == sorted(videos)
+    subjects_train = {Path(video).parts[0] for video in train}
+    subjects_validation = {Path(video).parts[0] for video in validation}
+    assert subjects_train.isdisjoint(subjects_validation)
+    assert len(subjects_validation) == 1
+
+
+def test_split_of_one_group_is_rejected() -> None:
+    with pytest.raises(ValueError, match="one group"):
+        split_by_group(["Subject 1/a.mp4", "Subject 1/b.mp4"], depth=1, fraction=0.5, seed=0)
+
+
+def tiny_config(data_dir: Path, tmp_path: Path) -> TrainingConfig:
+    root = data_dir / "gmdcsa24_fall"
+    return TrainingConfig.model_validate(
+        {
+            "data": {
+                "root": str(root),
+                "annotations": [{"format": "events_csv", "path": "events.csv"}],
+                "label_map": {"Falling (BW)": "fall"},
+                "videos": ["Subject 1/Fall/14.mp4", "Subject 1/ADL/10.mp4"],
+                "group_depth": 0,
+            },
+            "extract": {"fps": 5, "cache_dir": str(tmp_path / "cache")},
+            "train": {"epochs": 2, "batch_size": 8, "validation_fraction": 0.5},
+            "output": str(tmp_path / "models"),
+        }
+    )
+
+
+@pytest.mark.slow
+def test_tiny_training_run_publishes_loadable_model(data_dir: Path, tmp_path: Path) -> None:
+    config = tiny_config(data_dir, tmp_path)
+    folder = run_train(config, progress=False)
+    assert folder.parent == tmp_path / "models"
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "labels.json",
+        "metrics.json",
+        "data.sha256",
+        "loss.png",
+    ):
+        assert (folder / name).is_file(), name
+    model = load_model(folder)
+    assert model.spec.use_prefix
+    assert model.labels == ["fall"]
+    assert model.spec.visual_dim > 0
+
+    # The features of both videos are cached: a second extraction replays nothing.
+    segments, videos = collect_segments(config)
+    assert [label for label, _, _ in segments["Subject 1/Fall/14.mp4"]] == ["fall"]
+    assert segments["Subject 1/ADL/10.mp4"] == []
+    windows = extract_all(config, videos, progress=False)
+    assert sorted(windows) == sorted(videos)
+    assert all(len(found) > 0 for found in windows.values())
+    assert np.isfinite(windows["Subject 1/Fall/14.mp4"].cues).all()

@@ -1,0 +1,223 @@
+"""Track windows of annotated footage, computed by the daemon's own stages and cached on disk.
+
+Each video is replayed through the same decoder, motion gate, detector, tracker,
+cue extractor and prompt as a live camera (``pipeline.replay``). Every scored track
+window is kept: its cue vector, the detector's features, its prompt, its time and
+track. The zero-shot fusion scores and the alerts of the detector's own ``Fall``
+class (``type: fall, source: detector``) are kept too, as baselines for evaluation.
+
+The result for one video is cached under a key made of the video's sha256 and the
+extractor's settings, so a second run, or a run with other training settings, skips
+the extraction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from pipeline.config import VigilConfig, parse_config
+from pipeline.fusion.features import CUE_NAMES, TrackWindow
+from pipeline.fusion.scorer import FusionScorer, prepare
+from pipeline.processing import Processor
+from pipeline.replay import replay_file
+from training.config import TrainingConfig
+
+logger = logging.getLogger(__name__)
+
+# Bump when the meaning of a cached array changes, so that old caches are not reused.
+CACHE_FORMAT = 1
+
+
+@dataclasses.dataclass
+class VideoWindows:
+    """The scored track windows of one video, as arrays with one row per window."""
+
+    video: str
+    duration_s: float
+    timestamps: npt.NDArray[np.float64]
+    track_ids: npt.NDArray[np.int64]
+    cues: npt.NDArray[np.float32]
+    visual: npt.NDArray[np.float32]
+    visual_present: npt.NDArray[np.bool_]
+    texts: list[str]
+    zero_shot: npt.NDArray[np.float32]
+    detector_alerts: list[float]
+
+    def __len__(self) -> int:
+        return len(self.timestamps)
+
+    def save(self, path: Path) -> None:
+        arrays = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        meta = {
+            "video": self.video,
+            "duration_s": self.duration_s,
+            "texts": self.texts,
+            "detector_alerts": self.detector_alerts,
+        }
+        for key in meta:
+            arrays.pop(key)
+        partial = path.with_suffix(".partial.npz")
+        np.savez_compressed(partial, meta=np.array(json.dumps(meta)), **arrays)
+        partial.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> VideoWindows:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["meta"]))
+            arrays = {key: data[key] for key in data.files if key != "meta"}
+        return cls(**meta, **arrays)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def extractor_config(config: TrainingConfig) -> VigilConfig:
+    """The daemon config the extraction runs with: one camera with the detector's own fall rule."""
+    return parse_config(
+        {
+            "cameras": {
+                "clip": {
+                    "url": "clip",
+                    "fps": config.extract.fps,
+                    "rules": {"detector-fall": {"type": "fall", "source": "detector"}},
+                }
+            },
+            "detector": {"imgsz": config.extract.imgsz, "weights": config.extract.weights},
+            "fusion": {"encoder": config.encoder, "labels": config.labels, "normal": config.normal},
+        },
+        env={},
+    )
+
+
+def cache_key(video_hash: str, config: TrainingConfig) -> str:
+    settings = {
+        "format": CACHE_FORMAT,
+        "video": video_hash,
+        "extract": config.extract.model_dump(mode="json", exclude={"cache_dir"}),
+        "cues": list(CUE_NAMES),
+        "labels": config.labels,
+        "normal": config.normal,
+        "encoder": config.encoder,
+    }
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:32]
+
+
+class Extractor:
+    """Replays videos through the daemon's stages, with a cache; the detector loads on first use."""
+
+    def __init__(self, config: TrainingConfig) -> None:
+        self.config = config
+        self.vigil = extractor_config(config)
+        self._processor: Processor | None = None
+        self.cache_dir = config.extract.cache_dir
+        self.hits = 0
+        self.misses = 0
+
+    def _ensure_processor(self) -> Processor:
+        if self._processor is None:
+            from pipeline.detect import YoloDetector
+
+            detector = YoloDetector(self.vigil.detector)
+            scorer = FusionScorer(self.vigil.fusion, detector.device, detector.feature_dim)
+            self._processor = Processor(self.vigil, detector, scorer, cameras={})
+        return self._processor
+
+    def windows(self, root: Path, video: str) -> VideoWindows:
+        path = root / video
+        if not path.is_file():
+            raise FileNotFoundError(f"video not found: {path}")
+        key = cache_key(file_sha256(path), self.config)
+        cached = self.cache_dir / f"{key}.npz"
+        if cached.is_file():
+            self.hits += 1
+            found = VideoWindows.load(cached)
+            found.video = video
+            return found
+        self.misses += 1
+        extracted = self._extract(path, video)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        extracted.save(cached)
+        return extracted
+
+    def _extract(self, path: Path, video: str) -> VideoWindows:
+        processor = self._ensure_processor()
+        collected: list[tuple[TrackWindow, dict[str, float]]] = []
+        processor.on_scored = lambda window, scores: collected.append((window, scores))
+        detector_alerts: list[float] = []
+        last_time = 0.0
+        for result in replay_file(processor, path, camera=self.vigil.cameras["clip"]):
+            for event, frame in result.events:
+                if event.state == "started":
+                    detector_alerts.append(frame.timestamp)
+            if result.tracked:
+                last_time = result.tracked[-1][0].timestamp
+        windows = [window for window, _ in collected]
+        labels = list(self.config.labels)
+        cue_rows, visual_rows, texts = prepare(windows) if windows else ([], [], [])
+        dim = next((row.shape[0] for row in visual_rows if row is not None), 0)
+        visual = np.zeros((len(windows), dim), np.float32)
+        present = np.zeros(len(windows), bool)
+        for index, row in enumerate(visual_rows):
+            if row is not None and row.shape == (dim,):
+                visual[index] = row
+                present[index] = True
+        return VideoWindows(
+            video=video,
+            duration_s=last_time,
+            timestamps=np.array([w.last.timestamp for w in windows], np.float64),
+            track_ids=np.array([w.track_id for w in windows], np.int64),
+            cues=np.stack(cue_rows).astype(np.float32)
+            if cue_rows
+            else np.zeros((0, len(CUE_NAMES)), np.float32),
+            visual=visual,
+            visual_present=present,
+            texts=texts,
+            zero_shot=np.array(
+                [[scores[label] for label in labels] for _, scores in collected], np.float32
+            ).reshape(len(collected), len(labels)),
+            detector_alerts=detector_alerts,
+        )
+
+
+def moving_tracks(windows: VideoWindows, min_motion: float = 0.02) -> set[int]:
+    """Tracks that moved at some point: static boxes (furniture taken for a person) never did."""
+    motion = windows.cues[:, CUE_NAMES.index("motion_max")]
+    flow = windows.cues[:, CUE_NAMES.index("flow_max")]
+    moved = (motion >= min_motion) | (flow >= min_motion)
+    return {int(track) for track in np.unique(windows.track_ids[moved])}
+
+
+def window_targets(
+    windows: VideoWindows, segments: Sequence[tuple[str, float, float]], labels: Sequence[str]
+) -> npt.NDArray[np.float32]:
+    """1 where a window ends inside a segment of the label and belongs to a track that moved, else 0.
+
+    Annotations say when something happens, not to which box; a static box inside a
+    fall segment is taken as not falling.
+    """
+    targets = np.zeros((len(windows), len(labels)), np.float32)
+    movers = moving_tracks(windows)
+    for column, label in enumerate(labels):
+        for name, start, end in segments:
+            if name != label:
+                continue
+            inside = (windows.timestamps >= start) & (windows.timestamps <= end)
+            mover = np.array([int(track) in movers for track in windows.track_ids], bool)
+            targets[inside & mover, column] = 1.0
+    return targets
+
+
+ProgressFactory = Callable[[Sequence[str]], Sequence[str]]

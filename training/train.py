@@ -1,0 +1,251 @@
+"""Fine-tuning the fusion model on track windows of annotated footage.
+
+The recipe is the usual one: AdamW with weight decay, dropout on the projected
+features, class weights for rare labels (``pos_weight`` of the binary cross
+entropy), early stopping on a validation split grouped by subject or video, a
+fixed seed, and a full checkpoint after every epoch so an interrupted run resumes.
+The encoder stays frozen except for its top ``train_encoder_layers`` layers.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from tqdm import tqdm
+
+from pipeline.fusion.features import CUE_NAMES
+from pipeline.fusion.model import FusionModel, FusionSpec
+from training.config import TrainingConfig
+from training.dataset import VideoWindows
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Examples:
+    """Track windows of many videos stacked into one set, with their targets."""
+
+    cues: npt.NDArray[np.float32]
+    visual: npt.NDArray[np.float32]
+    visual_present: npt.NDArray[np.bool_]
+    texts: list[str]
+    targets: npt.NDArray[np.float32]
+
+    @classmethod
+    def stack(
+        cls, parts: Sequence[tuple[VideoWindows, npt.NDArray[np.float32]]], visual_dim: int
+    ) -> Examples:
+        def visual_of(windows: VideoWindows) -> npt.NDArray[np.float32]:
+            if windows.visual.shape[1] == visual_dim:
+                return windows.visual
+            return np.zeros((len(windows), visual_dim), np.float32)
+
+        return cls(
+            cues=np.concatenate([w.cues for w, _ in parts])
+            if parts
+            else np.zeros((0, len(CUE_NAMES)), np.float32),
+            visual=np.concatenate([visual_of(w) for w, _ in parts])
+            if parts
+            else np.zeros((0, visual_dim), np.float32),
+            visual_present=np.concatenate(
+                [w.visual_present & (w.visual.shape[1] == visual_dim) for w, _ in parts]
+            )
+            if parts
+            else np.zeros(0, bool),
+            texts=[text for w, _ in parts for text in w.texts],
+            targets=np.concatenate([t for _, t in parts]) if parts else np.zeros((0, 0), np.float32),
+        )
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def split_by_group(
+    videos: Sequence[str], depth: int, fraction: float, seed: int
+) -> tuple[list[str], list[str]]:
+    """Split videos into training and validation so that no group (subject, site) lands in both."""
+
+    def group_of(video: str) -> str:
+        parts = Path(video).parts
+        return video if depth == 0 or len(parts) <= depth else "/".join(parts[:depth])
+
+    groups = sorted({group_of(video) for video in videos})
+    rng = random.Random(seed)
+    rng.shuffle(groups)
+    if len(groups) < 2:
+        raise ValueError(
+            f"cannot split {len(videos)} videos into training and validation: they form one group; "
+            "lower data.group_depth (0 groups by video)"
+        )
+    count = min(len(groups) - 1, max(1, round(len(groups) * fraction)))
+    validation_groups = set(groups[:count])
+    train = [video for video in videos if group_of(video) not in validation_groups]
+    validation = [video for video in videos if group_of(video) in validation_groups]
+    return train, validation
+
+
+def _set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _batches(count: int, size: int, generator: torch.Generator | None) -> list[torch.Tensor]:
+    order = torch.randperm(count, generator=generator) if generator is not None else torch.arange(count)
+    return [order[start : start + size] for start in range(0, count, size)]
+
+
+def _forward(model: FusionModel, examples: Examples, rows: torch.Tensor) -> torch.Tensor:
+    device = model.device
+    index = rows.numpy()
+    cues = torch.from_numpy(examples.cues[index]).to(device)
+    visual = torch.from_numpy(examples.visual[index]).to(device) if model.spec.visual_dim else None
+    present = torch.from_numpy(examples.visual_present[index]).to(device) if model.spec.visual_dim else None
+    return model(cues, [examples.texts[i] for i in index], visual, present)
+
+
+def predict(model: FusionModel, examples: Examples, batch_size: int = 64) -> npt.NDArray[np.float32]:
+    """Scores in [0, 1], one row per window and one column per label."""
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for rows in _batches(len(examples), batch_size, None):
+            out.append(torch.sigmoid(_forward(model, examples, rows)).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, len(model.labels)), np.float32)
+
+
+def _trainable(model: FusionModel) -> list[torch.nn.Parameter]:
+    for parameter in model.encoder.parameters():
+        parameter.requires_grad = False
+    layers = getattr(getattr(model.encoder, "encoder", None), "layer", [])
+    for layer in (
+        list(layers)[len(layers) - model.spec.train_encoder_layers :]
+        if model.spec.train_encoder_layers
+        else []
+    ):
+        for parameter in layer.parameters():
+            parameter.requires_grad = True
+    return [parameter for parameter in model.parameters() if parameter.requires_grad]
+
+
+def _loss(model: FusionModel, examples: Examples, pos_weight: torch.Tensor, batch_size: int) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for rows in _batches(len(examples), batch_size, None):
+            logits = _forward(model, examples, rows)
+            targets = torch.from_numpy(examples.targets[rows.numpy()]).to(model.device)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                logits, targets, pos_weight=pos_weight, reduction="sum"
+            )
+            total += float(loss)
+            count += targets.numel()
+    return total / max(1, count)
+
+
+def train(
+    config: TrainingConfig,
+    train_set: Examples,
+    validation_set: Examples,
+    visual_dim: int,
+    checkpoint: Path | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> tuple[FusionModel, dict[str, Any]]:
+    """Fit a fusion model; return it with the weights of its best validation epoch, and the history."""
+    settings = config.train
+    _set_seed(settings.seed)
+    spec = FusionSpec(
+        encoder=config.encoder,
+        cue_names=CUE_NAMES,
+        labels=dict(config.labels),
+        normal=list(config.normal),
+        visual_dim=visual_dim,
+        prefix_tokens=settings.prefix_tokens,
+        use_prefix=True,
+        train_encoder_layers=settings.train_encoder_layers,
+        dropout=settings.dropout,
+    )
+    model = FusionModel.build(spec, device)
+    with torch.no_grad():
+        model.cue_mean.copy_(torch.from_numpy(train_set.cues.mean(axis=0)))
+        model.cue_std.copy_(torch.from_numpy(train_set.cues.std(axis=0) + 1e-3))
+    positives = train_set.targets.sum(axis=0)
+    negatives = len(train_set) - positives
+    pos_weight = torch.from_numpy(
+        np.clip(negatives / np.maximum(positives, 1), 1.0, 100.0).astype(np.float32)
+    ).to(device)
+    parameters = _trainable(model)
+    optimizer = torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.weight_decay)
+    generator = torch.Generator().manual_seed(settings.seed)
+    history: dict[str, Any] = {"train_loss": [], "validation_loss": [], "best_epoch": 0}
+    best_loss, best_state, start_epoch = math.inf, copy.deepcopy(model.trainable_state()), 0
+    if checkpoint is not None and checkpoint.is_file():
+        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"], strict=False)
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        history, best_loss, best_state = state["history"], state["best_loss"], state["best_state"]
+        start_epoch = state["epoch"] + 1
+        logger.info("resuming from %s at epoch %d", checkpoint, start_epoch + 1)
+    stale = start_epoch - 1 - history["best_epoch"] if start_epoch else 0
+    epochs = tqdm(range(start_epoch, settings.epochs), desc="epochs", unit="epoch", disable=not progress)
+    for epoch in epochs:
+        model.train()
+        running, seen = 0.0, 0
+        for rows in _batches(len(train_set), settings.batch_size, generator):
+            targets = torch.from_numpy(train_set.targets[rows.numpy()]).to(device)
+            logits = _forward(model, train_set, rows)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                logits, targets, pos_weight=pos_weight
+            )
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            running += float(loss.detach()) * len(rows)
+            seen += len(rows)
+        train_loss = running / max(1, seen)
+        validation_loss = _loss(model, validation_set, pos_weight, settings.batch_size)
+        history["train_loss"].append(train_loss)
+        history["validation_loss"].append(validation_loss)
+        if validation_loss < best_loss - 1e-5:
+            best_loss, best_state, stale = validation_loss, copy.deepcopy(model.trainable_state()), 0
+            history["best_epoch"] = epoch
+        else:
+            stale += 1
+        epochs.set_postfix(
+            train=f"{train_loss:.4f}", validation=f"{validation_loss:.4f}", best=f"{best_loss:.4f}"
+        )
+        if checkpoint is not None:
+            checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(
+                {
+                    "epoch": epoch,
+                    "model": model.trainable_state(),
+                    "optimizer": optimizer.state_dict(),
+                    "generator": generator.get_state(),
+                    "history": history,
+                    "best_loss": best_loss,
+                    "best_state": best_state,
+                },
+                checkpoint,
+            )
+        if stale >= settings.patience:
+            logger.info(
+                "early stop after epoch %d: no better validation loss for %d epochs", epoch + 1, stale
+            )
+            break
+    model.load_state_dict(best_state, strict=False)
+    model.eval()
+    history["best_validation_loss"] = best_loss
+    return model, history
