@@ -182,7 +182,7 @@ def prefix_model(visual_dim: int = 8, seed: int = 0) -> FusionModel:
     model = FusionModel.build(spec)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for layer in (model.cue_proj, model.visual_proj):
+        for layer in (model.cue_proj, model.visual_proj, model.fused_head):
             layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * 0.05)
     return model
 
@@ -366,3 +366,22 @@ def test_running_daemon_reloads_published_model(tmp_path: Path, redis_server: Re
         daemon.stop()
     assert daemon.scorer.version == "20261204-120000"
     assert daemon.scorer.model.spec.use_prefix
+
+
+def test_untrained_prefix_model_equals_zero_shot(scorer: FusionScorer) -> None:
+    # The learned correction starts at zero, so training starts from the zero-shot model.
+    spec = FusionSpec(
+        encoder=FusionConfig().encoder,
+        cue_names=CUE_NAMES,
+        labels=dict(FusionConfig().labels),
+        normal=list(FusionConfig().normal),
+        use_prefix=True,
+    )
+    model = FusionModel.build(spec)
+    windows = [falling(), standing()]
+    cues, visual, texts = prepare(windows)
+    tensors = stack_inputs(cues, visual, 0, "cpu")
+    with torch.inference_mode():
+        fused = torch.sigmoid(model(tensors[0], texts)).numpy()[:, 0]
+    zero_shot = [scores["fall"] for scores in scorer.score(windows)]
+    assert fused == pytest.approx(zero_shot, abs=1e-3)

@@ -17,7 +17,7 @@ import dataclasses
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -192,12 +192,14 @@ class Extractor:
         )
 
 
-def moving_tracks(windows: VideoWindows, min_motion: float = 0.02) -> set[int]:
-    """Tracks that moved at some point: static boxes (furniture taken for a person) never did."""
-    motion = windows.cues[:, CUE_NAMES.index("motion_max")]
-    flow = windows.cues[:, CUE_NAMES.index("flow_max")]
-    moved = (motion >= min_motion) | (flow >= min_motion)
-    return {int(track) for track in np.unique(windows.track_ids[moved])}
+def moving_tracks(windows: VideoWindows, min_flow: float = 0.06) -> set[int]:
+    """Return the tracks whose boxes moved at some point; static boxes (furniture taken for a person) never did.
+
+    Optical flow decides, not background subtraction, because the background model
+    marks everything as moving while it learns the first frames.
+    """
+    flow = windows.cues[:, CUE_NAMES.index("track_flow_peak")]
+    return {int(track) for track in np.unique(windows.track_ids[flow >= min_flow])}
 
 
 def window_targets(
@@ -218,6 +220,3 @@ def window_targets(
             mover = np.array([int(track) in movers for track in windows.track_ids], bool)
             targets[inside & mover, column] = 1.0
     return targets
-
-
-ProgressFactory = Callable[[Sequence[str]], Sequence[str]]

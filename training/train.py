@@ -125,7 +125,13 @@ def predict(model: FusionModel, examples: Examples, batch_size: int = 64) -> npt
 
 
 def _trainable(model: FusionModel) -> list[torch.nn.Parameter]:
-    for parameter in model.encoder.parameters():
+    """Freeze the encoder (but its top layers when asked) and the zero-shot head; return what trains.
+
+    The zero-shot part stays as it is, so what the footage teaches goes into the
+    correction from the prefix tokens, which sees the cues and the detector's features.
+    """
+    frozen = (model.label_embeddings, model.normal_embeddings, model.log_scale, model.label_bias)
+    for parameter in (*model.encoder.parameters(), *frozen):
         parameter.requires_grad = False
     layers = getattr(getattr(model.encoder, "encoder", None), "layer", [])
     for layer in (

@@ -55,6 +55,7 @@ CUE_NAMES: tuple[str, ...] = (
     "hour_sin",
     "hour_cos",
     "observations_log",
+    "track_flow_peak",
 )
 
 # Class names that detectors trained for falls give a fallen person.
@@ -99,7 +100,11 @@ class TrackWindow:
     """Recent observations of one track, with the context the text prompt needs.
 
     ``dwell_s`` is the stream time since the track was first seen, and ``zones`` are
-    the camera zones that contain the bottom centre of the last box.
+    the camera zones that contain the bottom centre of the last box. ``flow_peak``
+    is the largest ``flow_magnitude`` of the track over its whole life, not only this
+    window: a box that never moved (furniture taken for a lying person) stays near zero.
+    Optical flow is used rather than ``motion`` because the background model marks
+    everything as moving while it learns the first frames.
     """
 
     camera: str
@@ -107,6 +112,7 @@ class TrackWindow:
     observations: tuple[Observation, ...]
     dwell_s: float
     zones: tuple[str, ...] = ()
+    flow_peak: float = 0.0
 
     @property
     def last(self) -> Observation:
@@ -179,6 +185,7 @@ def cue_vector(window: TrackWindow) -> npt.NDArray[np.float32]:
         "hour_sin": math.sin(2 * math.pi * hour / 24),
         "hour_cos": math.cos(2 * math.pi * hour / 24),
         "observations_log": math.log1p(len(obs)),
+        "track_flow_peak": max(window.flow_peak, max(o.flow_magnitude for o in obs)),
     }
     return np.array([values[name] for name in CUE_NAMES], dtype=np.float32)
 
@@ -252,6 +259,7 @@ class CueExtractor:
         self.flow_width = flow_width
         self._max_observations = max_observations
         self._observations: dict[int, collections.deque[Observation]] = {}
+        self._flow_peak: dict[int, float] = {}
         self._previous: tuple[float, npt.NDArray[np.uint8]] | None = None
 
     def observe(
@@ -306,6 +314,7 @@ class CueExtractor:
             if history is None:
                 history = collections.deque(maxlen=self._max_observations)
                 self._observations[track_id] = history
+            self._flow_peak[track_id] = max(self._flow_peak.get(track_id, 0.0), observation.flow_magnitude)
             history.append(observation)
         if grey is not None:
             self._previous = (frame.timestamp, grey)
@@ -329,6 +338,7 @@ class CueExtractor:
             observations=recent,
             dwell_s=last.timestamp - first_seen,
             zones=zones,
+            flow_peak=self._flow_peak.get(track_id, 0.0),
         )
 
     def retain(self, live_ids: Iterable[int]) -> None:
@@ -337,6 +347,7 @@ class CueExtractor:
         gone = [track_id for track_id in self._observations if track_id not in keep]
         for track_id in gone:
             del self._observations[track_id]
+            self._flow_peak.pop(track_id, None)
 
     def __len__(self) -> int:
         return len(self._observations)

@@ -16,8 +16,13 @@ with the embeddings of the "normal" descriptions:
 A model that has not been trained leaves the prefix tokens out (``use_prefix`` is
 false): the comparison of the rendered words with the label sentences is then the
 whole model, which is what lets a new label work from its description alone.
-Training switches the prefix on and fits the projections, the label embeddings,
-the scale and the biases, optionally with the top encoder layers.
+
+A trained model (``use_prefix`` true) keeps that zero-shot logit and adds a learned
+correction: a linear head on the mean output of a second pass, the one with the
+prefix tokens. The head starts at zero, so training starts from the zero-shot model
+and moves away from it only as far as the annotated footage supports. Training fits
+the projections, the head, the label embeddings, the scale and the biases,
+optionally with the top encoder layers.
 """
 
 from __future__ import annotations
@@ -119,6 +124,9 @@ class FusionModel(nn.Module):
         self.normal_embeddings = nn.Parameter(torch.zeros(len(spec.normal), hidden))
         self.log_scale = nn.Parameter(torch.tensor(math.log(ZERO_SHOT_SCALE)))
         self.label_bias = nn.Parameter(torch.zeros(len(spec.labels)))
+        self.fused_head = nn.Linear(hidden, len(spec.labels))
+        nn.init.zeros_(self.fused_head.weight)
+        nn.init.zeros_(self.fused_head.bias)
 
     @property
     def labels(self) -> list[str]:
@@ -159,6 +167,14 @@ class FusionModel(nn.Module):
         self.spec.labels[name] = description
         self.label_embeddings = nn.Parameter(torch.cat([self.label_embeddings.data, row]))
         self.label_bias = nn.Parameter(torch.cat([self.label_bias.data, torch.zeros(1, device=self.device)]))
+        # The new label starts without a learned correction.
+        head = nn.Linear(self.hidden, len(self.spec.labels)).to(self.device)
+        with torch.no_grad():
+            head.weight.zero_()
+            head.bias.zero_()
+            head.weight[:-1] = self.fused_head.weight
+            head.bias[:-1] = self.fused_head.bias
+        self.fused_head = head
 
     def _tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         batch = self.tokenizer(
@@ -194,18 +210,15 @@ class FusionModel(nn.Module):
             masks.append(visual_present.long().unsqueeze(1).expand(count, tokens))
         return torch.cat(parts, dim=1), torch.cat(masks, dim=1)
 
-    def embed(
+    def embed_fused(
         self,
         cues: torch.Tensor,
         texts: Sequence[str],
         visual: torch.Tensor | None = None,
         visual_present: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Unit-length embedding of each track window: (B, hidden)."""
+        """Return the unit-length embedding of each window's prefix tokens and words: (B, hidden)."""
         batch = self._tokenize(texts)
-        if not self.spec.use_prefix:
-            output = self.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            return self._pool(output.last_hidden_state, batch["attention_mask"])
         words = self.encoder.get_input_embeddings()(batch["input_ids"])  # type: ignore[operator]
         prefix, prefix_mask = self._prefix(cues, visual, visual_present)
         # [CLS] first, then the prefix tokens, then the words and [SEP].
@@ -228,8 +241,11 @@ class FusionModel(nn.Module):
         visual: torch.Tensor | None = None,
         visual_present: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Label logits, (B, labels); ``torch.sigmoid`` of them are the scores."""
-        return self.logits_from_embedding(self.embed(cues, texts, visual, visual_present))
+        """Return label logits, (B, labels); ``torch.sigmoid`` of them are the scores."""
+        logits = self.logits_from_embedding(self.encode_text(texts))
+        if self.spec.use_prefix:
+            logits = logits + self.fused_head(self.embed_fused(cues, texts, visual, visual_present))
+        return logits
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """The weights a model folder stores: everything but the frozen encoder layers."""
