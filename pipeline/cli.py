@@ -10,11 +10,14 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
 from pipeline.errors import VigilError
+
+if TYPE_CHECKING:
+    from training.config import TrainingConfig
 
 logger = logging.getLogger("pipeline")
 
@@ -44,11 +47,19 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def _training_config(args: argparse.Namespace) -> TrainingConfig:
     from training.config import load_training_config
-    from training.run import run_train
 
     config = load_training_config(args.config)
+    if args.skip_bad_rows:
+        config = config.model_copy(update={"data": config.data.model_copy(update={"skip_bad_rows": True})})
+    return config
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from training.run import run_train
+
+    config = _training_config(args)
     if args.output is not None:
         config = config.model_copy(update={"output": args.output})
     folder = run_train(config, resume=args.resume, progress=not args.quiet)
@@ -65,11 +76,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from pipeline.fusion.store import latest_version
-    from training.config import load_training_config
     from training.evaluate import format_table
     from training.run import run_eval
 
-    config = load_training_config(args.config)
+    config = _training_config(args)
     folder = args.model
     if folder is None and not args.baselines_only:
         folder = latest_version(config.output)
@@ -215,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", type=Path, help="model root to publish into (default: the config's output)"
     )
     training.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    training.add_argument(
+        "--skip-bad-rows", action="store_true", help="import the good annotation rows and count the bad ones"
+    )
     training.add_argument("--quiet", action="store_true", help="no progress bars")
     training.set_defaults(handler=cmd_train)
 
@@ -229,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--baselines-only", action="store_true", help="only the zero-shot model and the detector"
     )
     evaluation.add_argument("--json", type=Path, help="also write the report as JSON")
+    evaluation.add_argument(
+        "--skip-bad-rows", action="store_true", help="import the good annotation rows and count the bad ones"
+    )
     evaluation.add_argument("--quiet", action="store_true", help="no progress bars")
     evaluation.set_defaults(handler=cmd_eval)
 
@@ -249,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except redis.ConnectionError as exc:
         print(f"error: cannot reach Redis: {exc}", file=sys.stderr)
+        return 1
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 1
 
 

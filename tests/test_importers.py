@@ -50,7 +50,7 @@ def test_annotation_error_lists_problems() -> None:
     assert isinstance(error, VigilError)
     assert "a.csv:2: bad start" in str(error)
     assert "a.csv:5: bad end" in str(error)
-    assert "skip_bad=True" in str(error)
+    assert "--skip-bad-rows" in str(error)
 
 
 def test_annotation_error_caps_message() -> None:

@@ -154,7 +154,7 @@ class AnnotationError(VigilError):
         super().__init__(
             f"{len(problems)} invalid annotation row(s):\n  "
             + "\n  ".join(shown)
-            + "\nFix the rows, or pass skip_bad=True to import the valid rows only."
+            + "\nFix the rows, or import the valid rows only (vigil train or eval --skip-bad-rows, or data.skip_bad_rows: true)."
         )
 
 

@@ -58,8 +58,6 @@ def _import(source: AnnotationSource, config: TrainingConfig) -> Segments:
         raise ValueError(
             f"{source.format} annotations have no video time base; use events_csv, cvat_video or mot"
         )
-    if result.problems:
-        logger.warning("%s: skipped %d bad rows", path, len(result.problems))
 
     def mapped(label: str) -> str | None:
         return data.label_map.get(label) if data.label_map else label
