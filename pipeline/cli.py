@@ -149,11 +149,53 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _alerts_option_name(location: tuple[int | str, ...]) -> str:
+    """Return the ``vigil alerts`` option behind a RedisConfig error location."""
+    if not location:
+        return "options"
+    field = str(location[0])
+    return "--redis" if field == "url" else "--" + field.replace("_", "-")
+
+
+def alerts_client(args: argparse.Namespace) -> redis.Redis:
+    """Create the Redis client of ``vigil alerts`` through the same RedisConfig as ``vigil run``.
+
+    Raises ConfigError when the URL or the TLS options are invalid.
+    """
+    from pydantic import ValidationError
+
+    from pipeline.config import RedisConfig
+    from pipeline.errors import ConfigError
+
+    settings: dict[str, Any] = {
+        "url": args.redis or os.environ.get("VIGIL_REDIS_URL") or "redis://127.0.0.1:6379/0",
+        "tls_ca_file": args.tls_ca_file,
+        "tls_cert_file": args.tls_cert_file,
+        "tls_key_file": args.tls_key_file,
+        "tls_check_hostname": args.tls_check_hostname,
+    }
+    # Options left out stay out of model_fields_set, so only those given must match the URL's scheme.
+    explicit_settings = {key: value for key, value in settings.items() if value is not None}
+    try:
+        config = RedisConfig(**explicit_settings)
+    except ValidationError as exc:
+        # Only the messages: pydantic's own text repeats the input, which may be a URL with a password.
+        problems = [
+            (_alerts_option_name(error["loc"]), error["msg"].removeprefix("Value error, "))
+            for error in exc.errors()
+        ]
+        raise ConfigError("vigil alerts options", problems) from None
+    assert config.url is not None
+    options = config.client_options()
+    # No read timeout, because a subscriber waits for messages as long as it runs.
+    options["socket_timeout"] = None
+    return redis.Redis.from_url(config.url.get_secret_value(), **options)
+
+
 def cmd_alerts(args: argparse.Namespace) -> int:
     from pipeline.demo import format_alert
 
-    url = args.redis or os.environ.get("VIGIL_REDIS_URL") or "redis://127.0.0.1:6379/0"
-    client = redis.Redis.from_url(url, socket_timeout=None)
+    client = alerts_client(args)
 
     def show(payload: str | bytes) -> None:
         message = json.loads(payload)
@@ -207,6 +249,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     alerts = commands.add_parser("alerts", help="print alerts from Redis as they are published")
     alerts.add_argument("--redis", help="Redis URL (default: $VIGIL_REDIS_URL or redis://127.0.0.1:6379/0)")
+    alerts.add_argument("--tls-ca-file", help="PEM file of the CA certificates for a rediss:// URL")
+    alerts.add_argument("--tls-cert-file", help="PEM client certificate for a rediss:// URL")
+    alerts.add_argument("--tls-key-file", help="PEM private key of --tls-cert-file")
+    alerts.add_argument(
+        "--tls-check-hostname",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="check that the server certificate names the URL's host (default: check)",
+    )
     alerts.add_argument("--camera", help="only this camera")
     alerts.add_argument(
         "--from-id", help="read the durable stream from this id ('0' for all) instead of subscribing"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -21,6 +22,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    FilePath,
     SecretStr,
     ValidationError,
     field_validator,
@@ -340,13 +342,88 @@ class AlertsConfig(StrictModel):
 
 
 class RedisConfig(StrictModel):
+    """Redis connection settings (AUTH password and TLS) and the channel and stream of the alerts.
+
+    The password may sit in ``url`` (percent-encoded, as ``redis://:PASSWORD@host``)
+    or in ``password``, not in both. The ``tls_*`` keys need a rediss:// url.
+    """
+
     url: SecretStr | None = Field(
-        default=None, description="redis:// or rediss:// URL; falls back to $VIGIL_REDIS_URL."
+        default=None,
+        description="redis://, rediss:// (TLS) or unix:// URL; falls back to $VIGIL_REDIS_URL.",
+    )
+    password: SecretStr | None = Field(
+        default=None,
+        description="AUTH password, for a url without one; write ${NAME} to read it from the environment.",
+    )
+    tls_ca_file: FilePath | None = Field(
+        default=None,
+        description="PEM file of the CA certificates that verify the server; default: the system's CAs.",
+    )
+    tls_cert_file: FilePath | None = Field(
+        default=None,
+        description="PEM client certificate, for servers that require one; may also contain its key.",
+    )
+    tls_key_file: FilePath | None = Field(
+        default=None, description="Unencrypted PEM private key of tls_cert_file."
+    )
+    tls_check_hostname: bool = Field(
+        default=True,
+        description="Check that the server certificate names the url's host. The certificate is "
+        "verified against the CA either way.",
     )
     channel_prefix: str = "vigil:alerts"
     stream: str = "vigil:events"
     stream_maxlen: int = Field(default=100_000, ge=100)
     socket_timeout_s: float = Field(default=5.0, gt=0, le=120)
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, url: SecretStr | None) -> SecretStr | None:
+        # The message leaves the URL out because it may carry the password.
+        if url is not None and _url_scheme(url) not in REDIS_SCHEMES:
+            raise ValueError("invalid URL: expected one starting with redis://, rediss:// or unix://")
+        return url
+
+    @model_validator(mode="after")
+    def _consistent_auth_and_tls(self) -> RedisConfig:
+        if self.tls_key_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_key_file is set without tls_cert_file; set both")
+        if self.url is None:
+            return self
+        if self.password is not None and urllib.parse.urlsplit(self.url.get_secret_value()).password:
+            raise ValueError("both url and password carry a password; keep one of them")
+        tls_keys = sorted(key for key in self.model_fields_set if key.startswith("tls_"))
+        if tls_keys and _url_scheme(self.url) != "rediss":
+            raise ValueError(f"{', '.join(tls_keys)} needs a rediss:// url")
+        return self
+
+    def client_options(self) -> dict[str, Any]:
+        """Return the keyword arguments of ``redis.Redis.from_url(url, ...)`` for this config.
+
+        The TLS options are left out unless the url is rediss://, because
+        redis-py's plain-text connection class rejects them.
+        """
+        options: dict[str, Any] = {
+            "socket_timeout": self.socket_timeout_s,
+            "socket_connect_timeout": self.socket_timeout_s,
+        }
+        if self.password is not None:
+            options["password"] = self.password.get_secret_value()
+        if self.url is not None and _url_scheme(self.url) == "rediss":
+            options["ssl_cert_reqs"] = "required"
+            options["ssl_check_hostname"] = self.tls_check_hostname
+            options["ssl_ca_certs"] = None if self.tls_ca_file is None else str(self.tls_ca_file)
+            options["ssl_certfile"] = None if self.tls_cert_file is None else str(self.tls_cert_file)
+            options["ssl_keyfile"] = None if self.tls_key_file is None else str(self.tls_key_file)
+        return options
+
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def _url_scheme(url: SecretStr) -> str:
+    return urllib.parse.urlsplit(url.get_secret_value()).scheme.lower()
 
 
 class MetricsConfig(StrictModel):

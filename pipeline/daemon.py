@@ -54,15 +54,15 @@ class CameraRuntime:
 
 
 def redis_from_config(config: VigilConfig) -> redis.Redis:
+    """Create the Redis client of ``config.redis``, with its timeouts, password and TLS files.
+
+    Connects lazily, so a wrong password or an untrusted certificate surfaces at the first command.
+    """
     if config.redis.url is None:
         raise ConfigError(
             "<config>", [("redis.url", "not set; give a redis:// URL in the file or in $VIGIL_REDIS_URL")]
         )
-    return redis.Redis.from_url(
-        config.redis.url.get_secret_value(),
-        socket_timeout=config.redis.socket_timeout_s,
-        socket_connect_timeout=config.redis.socket_timeout_s,
-    )
+    return redis.Redis.from_url(config.redis.url.get_secret_value(), **config.redis.client_options())
 
 
 class Daemon:

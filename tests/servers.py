@@ -6,10 +6,14 @@ standard library, and the clients below are examples:
     with RedisServer() as redis_server:
         client = redis.Redis.from_url(redis_server.url)
 
+    with RedisServer(password="secret", tls=True) as redis_server:
+        client = redis.Redis.from_url(redis_server.url, ssl_ca_certs=redis_server.ca_file)
+
     with RtspServer({"/lobby": "lobby.mp4"}) as camera:
         container = av.open(camera.url_for("/lobby"), options={"rtsp_transport": "tcp"})
 
 The binaries come from Debian packages that scripts/install-system-deps.sh installs.
+TLS needs a redis-server built with TLS (Debian's is) and the openssl command.
 """
 
 from __future__ import annotations
@@ -18,13 +22,14 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
 import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 
 LOCALHOST = "127.0.0.1"
 INSTALL_HINT = "run scripts/install-system-deps.sh to install it"
@@ -223,34 +228,211 @@ class ServerProcess:
 
 
 class RedisServer(ServerProcess):
-    """redis-server on 127.0.0.1 with persistence off, so each start begins empty."""
+    """redis-server on 127.0.0.1 with persistence off, so each start begins empty.
+
+    With a password the server requires AUTH (--requirepass). With tls=True it
+    listens for TLS only, with a throwaway CA and certificates that openssl
+    writes into a temporary folder. ca_file verifies the server, whose
+    certificate names IP 127.0.0.1, and client_cert_file and client_key_file
+    are a client certificate from the same CA. tls_auth_clients is redis-server's
+    --tls-auth-clients: "no", "optional" (check a client certificate only when
+    one is sent) or "yes" (require one). The certificates stay the same across
+    stop() and start() and are deleted when the with-block ends.
+    """
 
     name = "redis-server"
 
+    def __init__(
+        self,
+        password: str | None = None,
+        tls: bool = False,
+        tls_auth_clients: Literal["no", "optional", "yes"] = "optional",
+        port: int | None = None,
+        start_timeout_s: float = 15.0,
+        stop_timeout_s: float = 10.0,
+    ) -> None:
+        if password == "":
+            raise ValueError("password must not be empty; pass None for a server without AUTH")
+        super().__init__(port=port, start_timeout_s=start_timeout_s, stop_timeout_s=stop_timeout_s)
+        self.password = password
+        self.tls = tls
+        self.tls_auth_clients = tls_auth_clients
+        self._cert_dir: tempfile.TemporaryDirectory[str] | None = None
+        if tls:
+            self._cert_dir = tempfile.TemporaryDirectory(prefix="vigil-redis-tls-")
+            write_test_certificates(Path(self._cert_dir.name))
+
+    def _cert_path(self, name: str) -> Path:
+        if self._cert_dir is None:
+            raise ServerError("this RedisServer was created without tls=True, so it has no certificates")
+        return Path(self._cert_dir.name) / name
+
+    @property
+    def ca_file(self) -> Path:
+        return self._cert_path("ca.crt")
+
+    @property
+    def client_cert_file(self) -> Path:
+        return self._cert_path("client.crt")
+
+    @property
+    def client_key_file(self) -> Path:
+        return self._cert_path("client.key")
+
+    # Default of url_for()'s password: use the server's own password.
+    _CONFIGURED = object()
+
     @property
     def url(self) -> str:
-        return f"redis://{LOCALHOST}:{self.port}/0"
+        return self.url_for()
+
+    def url_for(self, password: object = _CONFIGURED) -> str:
+        """Build redis[s]://[:password@]127.0.0.1:PORT/0.
+
+        By default the URL carries the server's own password. Pass another
+        value to test a rejected AUTH, or password=None for a URL without one.
+        """
+        password = self.password if password is self._CONFIGURED else password
+        scheme = "rediss" if self.tls else "redis"
+        credentials = "" if password is None else ":" + urllib.parse.quote(str(password), safe="") + "@"
+        return f"{scheme}://{credentials}{LOCALHOST}:{self.port}/0"
+
+    def __exit__(self, *exc_info: object) -> None:
+        super().__exit__(*exc_info)
+        if self._cert_dir is not None:
+            self._cert_dir.cleanup()
+            self._cert_dir = None
 
     def _command(self) -> list[str]:
-        return [
+        command = [
             find_binary("redis-server"),
-            "--port", str(self.port),
             "--bind", LOCALHOST,
             "--save", "",
             "--appendonly", "no",
             "--daemonize", "no",
             "--logfile", "",
         ]  # fmt: skip
+        if self.tls:
+            # --port 0 turns the plain-text listener off, so only TLS clients get in.
+            command += [
+                "--port", "0",
+                "--tls-port", str(self.port),
+                "--tls-cert-file", str(self._cert_path("server.crt")),
+                "--tls-key-file", str(self._cert_path("server.key")),
+                "--tls-ca-cert-file", str(self.ca_file),
+                "--tls-auth-clients", self.tls_auth_clients,
+            ]  # fmt: skip
+        else:
+            command += ["--port", str(self.port)]
+        if self.password is not None:
+            command += ["--requirepass", self.password]
+        return command
+
+    def _redact(self, command: list[str]) -> list[str]:
+        redacted = list(command)
+        for index, argument in enumerate(redacted[:-1]):
+            if argument == "--requirepass":
+                redacted[index + 1] = "***"
+        return redacted
 
     def _is_ready(self) -> bool:
         # Redis accepts connections while it loads its dataset and replies to
         # commands with a LOADING error then, so wait for PONG, not an open port.
+        request = b""
+        expected = b"+PONG"
+        if self.password is not None:
+            request += _resp_command(b"AUTH", self.password.encode())
+            expected = b"+OK\r\n+PONG"
+        request += _resp_command(b"PING")
         try:
-            with socket.create_connection((LOCALHOST, self.port), timeout=1.0) as connection:
-                connection.sendall(b"PING\r\n")
-                return connection.recv(64).startswith(b"+PONG")
+            with socket.create_connection((LOCALHOST, self.port), timeout=1.0) as raw:
+                connection = raw
+                if self.tls:
+                    context = ssl.create_default_context(cafile=self.ca_file)
+                    context.load_cert_chain(self.client_cert_file, self.client_key_file)
+                    connection = context.wrap_socket(raw, server_hostname=LOCALHOST)
+                connection.sendall(request)
+                reply = b""
+                while len(reply) < len(expected):
+                    chunk = connection.recv(64)
+                    if not chunk:
+                        break
+                    reply += chunk
+                return reply.startswith(expected)
         except OSError:
             return False
+
+
+def _resp_command(*arguments: bytes) -> bytes:
+    """Encode a command as a RESP array, so that arguments may contain spaces."""
+    parts = [b"*%d\r\n" % len(arguments)]
+    for argument in arguments:
+        parts.append(b"$%d\r\n%s\r\n" % (len(argument), argument))
+    return b"".join(parts)
+
+
+_CA_CONFIG = """\
+[req]
+distinguished_name = subject
+prompt = no
+x509_extensions = ca_extensions
+[subject]
+CN = Vigil test CA
+[ca_extensions]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+"""
+
+# From Python 3.13, ssl.create_default_context() sets VERIFY_X509_STRICT, which
+# rejects certificates without the key usage and key identifier extensions below.
+_LEAF_CONFIG = """\
+[server]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = serverAuth
+subjectAltName = IP:127.0.0.1
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid:always
+[client]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = clientAuth
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid:always
+"""
+
+
+def write_test_certificates(folder: Path) -> None:
+    """Write ca.crt, server.crt/.key and client.crt/.key, valid for two days, into folder.
+
+    The keys are unencrypted P-256 keys. The server certificate names IP
+    127.0.0.1 and no DNS name, so a client that checks the host name must
+    connect to 127.0.0.1, not localhost.
+    """
+    openssl = find_binary("openssl")
+    (folder / "ca.cnf").write_text(_CA_CONFIG)
+    (folder / "leaf.cnf").write_text(_LEAF_CONFIG)
+    new_key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    commands = [
+        [openssl, "req", "-x509", "-new", *new_key, "-keyout", "ca.key", "-out", "ca.crt",
+         "-days", "2", "-config", "ca.cnf"],
+    ]  # fmt: skip
+    for serial, role in enumerate(("server", "client"), start=2):
+        commands += [
+            [openssl, "req", "-new", *new_key, "-keyout", f"{role}.key", "-out", f"{role}.csr",
+             "-subj", f"/CN=vigil-test-{role}"],
+            [openssl, "x509", "-req", "-in", f"{role}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+             "-set_serial", str(serial), "-days", "2", "-out", f"{role}.crt",
+             "-extfile", "leaf.cnf", "-extensions", role],
+        ]  # fmt: skip
+    for command in commands:
+        result = subprocess.run(command, cwd=folder, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise ServerError(
+                f"openssl failed with status {result.returncode}: {subprocess.list2cmdline(command)}\n"
+                f"{result.stderr.strip()}"
+            )
 
 
 class RtspServer(ServerProcess):
