@@ -24,6 +24,7 @@ from pydantic import (
     Field,
     FilePath,
     SecretStr,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
@@ -480,10 +481,11 @@ def _expand_env(node: Any, path: str, env: Mapping[str, str], problems: list[tup
 def _format_location(location: tuple[int | str, ...]) -> str:
     parts = [str(part) for part in location]
     # Tagged unions add the tag to the location: rules.<name>.<type>.<field>; drop it.
+    # An invalid dict key ends in "[key]"; the key itself already names the entry.
     cleaned = [
         part
         for index, part in enumerate(parts)
-        if not (index >= 2 and parts[index - 2] == "rules" and part in RULE_TYPES)
+        if not (index >= 2 and parts[index - 2] == "rules" and part in RULE_TYPES) and part != "[key]"
     ]
     return ".".join(cleaned) or "(top level)"
 
@@ -498,8 +500,42 @@ def _format_reason(error: Mapping[str, Any]) -> str:
         return f"unknown rule type; expected one of: {', '.join(RULE_TYPES)}"
     if kind == "union_tag_not_found":
         return f"missing 'type'; expected one of: {', '.join(RULE_TYPES)}"
+    if kind == "string_pattern_mismatch" and error["loc"][-1:] == ("[key]",):
+        # Camera, zone, line, rule and label names share one pattern.
+        return (
+            f"invalid name {error['input']!r}: use 1 to 64 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit"
+        )
     message = str(error["msg"])
     return message.removeprefix("Value error, ")
+
+
+def _check_rule_references(
+    path: str, rule: RuleBase, zones: Mapping[str, Any], lines: Mapping[str, Any], fusion: FusionConfig | None
+) -> list[tuple[str, str]]:
+    """Return the problems of one rule that names a zone, line or label that is not defined.
+
+    The label checks are skipped when ``fusion`` is None because the fusion section is itself invalid.
+    """
+    problems = []
+    zone = getattr(rule, "zone", None)
+    if zone is not None and zone not in zones:
+        known = ", ".join(str(name) for name in zones) or "none"
+        problems.append((f"{path}.zone", f"unknown zone {zone!r}; zones of this camera: {known}"))
+    if isinstance(rule, LineCrossingRule) and rule.line not in lines:
+        known = ", ".join(str(name) for name in lines) or "none"
+        problems.append((f"{path}.line", f"unknown line {rule.line!r}; lines of this camera: {known}"))
+    if fusion is None:
+        return problems
+    uses_fusion = isinstance(rule, LabelRule) or (isinstance(rule, FallRule) and rule.source == "fusion")
+    if uses_fusion and not fusion.enabled:
+        problems.append((f"{path}.type", "needs the fusion model, but fusion.enabled is false"))
+    if isinstance(rule, LabelRule) and rule.label not in fusion.labels:
+        known = ", ".join(fusion.labels) or "none"
+        problems.append((f"{path}.label", f"unknown label {rule.label!r}; fusion.labels has: {known}"))
+    if isinstance(rule, FallRule) and rule.source == "fusion" and "fall" not in fusion.labels:
+        problems.append((f"{path}.source", "fusion needs a 'fall' entry in fusion.labels"))
+    return problems
 
 
 def _check_references(config: VigilConfig) -> list[tuple[str, str]]:
@@ -508,27 +544,40 @@ def _check_references(config: VigilConfig) -> list[tuple[str, str]]:
     for camera_id, camera in config.cameras.items():
         for rule_name, rule in camera.rules.items():
             path = f"cameras.{camera_id}.rules.{rule_name}"
-            zone = getattr(rule, "zone", None)
-            if zone is not None and zone not in camera.zones:
-                known = ", ".join(camera.zones) or "none"
-                problems.append((f"{path}.zone", f"unknown zone {zone!r}; zones of this camera: {known}"))
-            uses_fusion = isinstance(rule, LabelRule) or (
-                isinstance(rule, FallRule) and rule.source == "fusion"
-            )
-            if uses_fusion and not config.fusion.enabled:
-                problems.append((f"{path}.type", "needs the fusion model, but fusion.enabled is false"))
-            if isinstance(rule, LabelRule) and rule.label not in config.fusion.labels:
-                known = ", ".join(config.fusion.labels) or "none"
-                problems.append(
-                    (f"{path}.label", f"unknown label {rule.label!r}; fusion.labels has: {known}")
-                )
-            if isinstance(rule, FallRule) and rule.source == "fusion" and "fall" not in config.fusion.labels:
-                problems.append((f"{path}.source", "fusion needs a 'fall' entry in fusion.labels"))
-            if isinstance(rule, LineCrossingRule) and rule.line not in camera.lines:
-                known = ", ".join(camera.lines) or "none"
-                problems.append(
-                    (f"{path}.line", f"unknown line {rule.line!r}; lines of this camera: {known}")
-                )
+            problems.extend(_check_rule_references(path, rule, camera.zones, camera.lines, config.fusion))
+    return problems
+
+
+_RULE_ADAPTER: TypeAdapter[Rule] = TypeAdapter(Rule)
+
+
+def _check_raw_references(data: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Check the references of every rule that is valid on its own in a document that failed validation.
+
+    Without this, an unknown zone only shows up after every other mistake is fixed.
+    Zone and line names come from the raw keys, so a zone with a bad polygon still counts as defined.
+    """
+    try:
+        fusion: FusionConfig | None = FusionConfig.model_validate(data.get("fusion", {}))
+    except ValidationError:
+        fusion = None
+    cameras = data.get("cameras")
+    if not isinstance(cameras, dict):
+        return []
+    problems = []
+    for camera_id, camera in cameras.items():
+        if not isinstance(camera, dict):
+            continue
+        zones, lines, rules = (camera.get(key) or {} for key in ("zones", "lines", "rules"))
+        if not (isinstance(zones, dict) and isinstance(lines, dict) and isinstance(rules, dict)):
+            continue
+        for rule_name, raw_rule in rules.items():
+            try:
+                rule = _RULE_ADAPTER.validate_python(raw_rule)
+            except ValidationError:
+                continue
+            path = f"cameras.{camera_id}.rules.{rule_name}"
+            problems.extend(_check_rule_references(path, rule, zones, lines, fusion))
     return problems
 
 
@@ -547,6 +596,7 @@ def parse_config(data: Any, source: str = "<config>", env: Mapping[str, str] | N
         config = VigilConfig.model_validate(expanded)
     except ValidationError as exc:
         problems.extend((_format_location(error["loc"]), _format_reason(error)) for error in exc.errors())
+        problems.extend(_check_raw_references(expanded))
         raise ConfigError(source, problems) from None
     problems.extend(_check_references(config))
     if problems:
