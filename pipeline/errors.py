@@ -33,6 +33,10 @@ class ConfigError(VigilError):
         super().__init__(f"invalid configuration in {source}:\n  " + "\n  ".join(lines))
 
 
+class TrainingError(VigilError):
+    """Training or evaluation cannot run on the given data or settings."""
+
+
 class ModelLoadError(VigilError):
     """Detector weights cannot be found or loaded."""
 

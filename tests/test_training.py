@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.errors import TrainingError
 from pipeline.fusion.store import load_model
 from training.config import TrainingConfig
 from training.evaluate import EventCounts, alerts_from_scores, average_precision, roc_auc
@@ -63,7 +64,7 @@ def test_split_keeps_groups_apart() -> None:
 
 
 def test_split_of_one_group_is_rejected() -> None:
-    with pytest.raises(ValueError, match="one group"):
+    with pytest.raises(TrainingError, match="one group"):
         split_by_group(["Subject 1/a.mp4", "Subject 1/b.mp4"], depth=1, fraction=0.5, seed=0)
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
+from pipeline.errors import TrainingError
 from pipeline.fusion.model import FusionModel
 from training.config import AnnotationSource, TrainingConfig
 from training.dataset import Extractor, VideoWindows, window_targets
@@ -55,7 +56,7 @@ def _import(source: AnnotationSource, config: TrainingConfig) -> Segments:
     elif source.format == "mot":
         result = importers.import_mot(path, source.video or path.parent.name, skip_bad=skip)
     else:
-        raise ValueError(
+        raise TrainingError(
             f"{source.format} annotations have no video time base; use events_csv, cvat_video or mot"
         )
 

@@ -23,6 +23,7 @@ import numpy.typing as npt
 import torch
 from tqdm import tqdm
 
+from pipeline.errors import TrainingError
 from pipeline.fusion.features import CUE_NAMES
 from pipeline.fusion.model import FusionModel, FusionSpec
 from training.config import TrainingConfig
@@ -83,7 +84,7 @@ def split_by_group(
     rng = random.Random(seed)
     rng.shuffle(groups)
     if len(groups) < 2:
-        raise ValueError(
+        raise TrainingError(
             f"cannot split {len(videos)} videos into training and validation: they form one group; "
             "lower data.group_depth (0 groups by video)"
         )

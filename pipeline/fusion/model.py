@@ -21,8 +21,8 @@ A trained model (``use_prefix`` true) keeps that zero-shot logit and adds a lear
 correction: a linear head on the mean output of a second pass, the one with the
 prefix tokens. The head starts at zero, so training starts from the zero-shot model
 and moves away from it only as far as the annotated footage supports. Training fits
-the projections, the head, the label embeddings, the scale and the biases,
-optionally with the top encoder layers.
+the projections and the head, optionally with the top encoder layers; the zero-shot
+part (label and normal embeddings, scale, biases) stays frozen.
 """
 
 from __future__ import annotations
