@@ -44,7 +44,10 @@ def run_vigil(data_dir: Path, seconds: float, imgsz: int, max_batch: int, device
             "cameras": cameras,
             "detector": {"imgsz": imgsz, "device": device},
             "batching": {"max_batch": max_batch, "max_wait_ms": 10},
-            "alerts": {"snapshot_dir": tempfile.mkdtemp(prefix="vigil-bench-snaps-")},
+            "alerts": {
+                "snapshot_dir": tempfile.mkdtemp(prefix="vigil-bench-snaps-"),
+                "spool_dir": tempfile.mkdtemp(prefix="vigil-bench-spool-"),
+            },
             "metrics": {"enabled": False},
         },
         env={},

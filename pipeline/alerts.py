@@ -3,9 +3,10 @@
 Each event state becomes one JSON message (``"schema": 1``). It is sent with
 PUBLISH on ``<prefix>:<camera>`` for live subscribers and with XADD to a stream
 capped by ``MAXLEN ~`` for durable consumers. Publishing runs on its own thread
-behind a bounded queue, so a slow or absent Redis never blocks the frame path;
-while Redis is unreachable the publisher retries the oldest message with backoff
-and keeps its order.
+behind a bounded queue, so a slow or absent Redis never blocks the frame path.
+While Redis is unreachable the publisher moves queued messages to an on-disk spool
+(``pipeline.spool``) and retries the oldest with backoff, so messages keep their
+order and survive a restart.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import logging
 import re
 import threading
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ import redis
 
 from pipeline.config import AlertsConfig, RedisConfig
 from pipeline.records import Event, Frame
+from pipeline.spool import Spool, SpoolFullError
 from pipeline.streams.backoff import Backoff, ExponentialBackoff
 
 logger = logging.getLogger(__name__)
@@ -44,6 +47,7 @@ def alert_message(event: Event, language: str = "en") -> dict[str, Any]:
     """Return the schema-1 alert message of ``event``, ready for ``json.dumps``."""
     return {
         "schema": SCHEMA_VERSION,
+        "message_id": uuid.uuid4().hex,
         "event_id": event.id,
         "state": event.state,
         "camera": event.camera,
@@ -137,8 +141,11 @@ PublishedListener = Callable[[dict[str, Any]], None]
 class AlertPublisher:
     """Publishes alert messages to Redis from a thread of its own, in order.
 
-    ``submit`` never blocks. When the queue is full the oldest message is dropped,
-    logged at ERROR and counted, because a stale alert is worth less than a new one.
+    ``submit`` never blocks. When the in-memory queue is full the oldest message is
+    dropped, logged at ERROR and counted, because a stale alert is worth less than a
+    new one. With a ``spool``, a failed delivery moves the queue to disk, and the spool
+    is delivered first, oldest first, once Redis answers again; ``close`` moves what
+    is still queued to the spool for the next start.
     """
 
     def __init__(
@@ -150,9 +157,11 @@ class AlertPublisher:
         on_published: PublishedListener | None = None,
         on_failure: Callable[[], None] | None = None,
         on_drop: Callable[[dict[str, Any]], None] | None = None,
+        spool: Spool | None = None,
     ) -> None:
         self.config = config
         self.client = client
+        self.spool = spool
         self.backoff = backoff or ExponentialBackoff(initial=0.2, maximum=10.0)
         self._queue: collections.deque[dict[str, Any]] = collections.deque()
         self._queue_size = queue_size
@@ -189,16 +198,54 @@ class AlertPublisher:
             self._queue.append(message)
             self._condition.notify()
 
+    @property
+    def spooled(self) -> int:
+        """Messages waiting in the on-disk spool."""
+        return len(self.spool) if self.spool is not None else 0
+
     def close(self, timeout: float = 5.0) -> bool:
-        """Publish what is queued, for up to ``timeout`` seconds; return True when nothing is left."""
+        """Publish what is queued for up to ``timeout`` seconds, then spool the rest; True when all was delivered."""
         with self._condition:
             self._stop = True
             self._condition.notify()
         self._thread.join(timeout)
         left = len(self)
+        if self.spool is not None:
+            if left:
+                self._spool_queue()
+                left = len(self)
+            if self.spooled:
+                logger.warning(
+                    "publisher stopped with %d alerts in the spool %s; they are delivered at the next start",
+                    self.spooled,
+                    self.spool.directory,
+                )
+            if not self._thread.is_alive():
+                self.spool.close()
         if left:
             logger.error("publisher stopped with %d alerts not delivered", left)
-        return left == 0
+        return left == 0 and self.spooled == 0
+
+    def _spool_queue(self) -> None:
+        """Move every queued message, oldest first, to the end of the spool."""
+        assert self.spool is not None
+        with self._condition:
+            moving = list(self._queue)
+            self._queue.clear()
+        for message in moving:
+            try:
+                self.spool.append(message)
+            except (SpoolFullError, OSError) as exc:
+                self.dropped += 1
+                logger.error(  # noqa: TRY400
+                    "alert of event %s (%s, camera %s) lost: %s",
+                    message["event_id"],
+                    message["state"],
+                    message["camera"],
+                    exc,
+                )
+                if self._on_drop is not None:
+                    self._on_drop(message)
 
     def _send(self, message: dict[str, Any]) -> None:
         payload = json.dumps(message, ensure_ascii=False)
@@ -209,36 +256,66 @@ class AlertPublisher:
         )
         pipe.execute()
 
+    def _next(self) -> tuple[dict[str, Any], bool] | None:
+        """Wait for the next message to deliver: the spool's oldest first, then the queue's."""
+        with self._condition:
+            while not self._queue and not self.spooled and not self._stop:
+                self._condition.wait()
+            spooling = bool(self.spooled)
+            if not spooling:
+                return (self._queue[0], False) if self._queue else None
+        # Messages produced while the spool is not empty go behind it, to keep the order.
+        self._spool_queue()
+        message = self.spool.peek() if self.spool is not None else None
+        return (message, True) if message is not None else None
+
     def _run(self) -> None:
         failing = False
         while True:
-            with self._condition:
-                while not self._queue and not self._stop:
-                    self._condition.wait()
-                if not self._queue:
-                    return
-                message = self._queue[0]
+            found = self._next()
+            if found is None:
+                return
+            message, from_spool = found
             try:
                 self._send(message)
-            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError, OSError) as exc:
                 if self._on_failure is not None:
                     self._on_failure()
+                if self.spool is not None and not from_spool:
+                    self._spool_queue()
                 if self._stop:
                     return
                 delay = self.backoff.next_delay()
                 if not failing:
-                    logger.warning("publishing to Redis failed, retrying in %.1f s: %s", delay, exc)
+                    where = f"; spooling to {self.spool.directory}" if self.spool is not None else ""
+                    if isinstance(exc, redis.AuthenticationError | redis.ResponseError):
+                        # Not an outage: retrying will not help until the settings change.
+                        logger.error(  # noqa: TRY400
+                            "Redis rejected the connection, retrying in %.1f s%s: %s; check redis.url, "
+                            "redis.password and the server's ACL",
+                            delay,
+                            where,
+                            exc,
+                        )
+                    else:
+                        logger.warning(
+                            "publishing to Redis failed, retrying in %.1f s%s: %s", delay, where, exc
+                        )
                 failing = True
                 with self._condition:
                     self._condition.wait(delay)
                 continue
             if failing:
-                logger.info("publishing to Redis recovered")
+                logger.info("publishing to Redis recovered; %d alerts left in the spool", self.spooled)
                 failing = False
             self.backoff.reset()
-            with self._condition:
-                if self._queue and self._queue[0] is message:
-                    self._queue.popleft()
+            if from_spool:
+                assert self.spool is not None
+                self.spool.pop()
+            else:
+                with self._condition:
+                    if self._queue and self._queue[0] is message:
+                        self._queue.popleft()
             self.published += 1
             if self._on_published is not None:
                 self._on_published(message)

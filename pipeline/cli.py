@@ -314,6 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     except VigilError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except redis.AuthenticationError as exc:
+        print(f"error: Redis rejected the credentials: {exc}", file=sys.stderr)
+        return 1
     except redis.ConnectionError as exc:
         print(f"error: cannot reach Redis: {exc}", file=sys.stderr)
         return 1

@@ -340,6 +340,11 @@ class AlertsConfig(StrictModel):
     language: Literal["en", "zh"] = Field(default="en", description="Language of the alert's 'text' field.")
     queue_size: int = Field(default=1000, ge=1, le=1_000_000)
     publish_updates: bool = True
+    spool_dir: Path | None = Field(
+        default=Path("spool"),
+        description="Folder where alerts wait on disk while Redis is unreachable; null keeps them in memory only.",
+    )
+    spool_max_mb: float = Field(default=256.0, gt=0, le=1_000_000, description="Size limit of the spool.")
 
 
 class RedisConfig(StrictModel):

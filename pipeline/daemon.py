@@ -29,6 +29,7 @@ from pipeline.fusion.vlm import VlmDescriber
 from pipeline.metrics import Metrics
 from pipeline.processing import BatchResult, CameraPipeline, Processor
 from pipeline.records import Event, Frame
+from pipeline.spool import Spool
 from pipeline.streams import FrameSlot, Overflow, ReaderState, StreamReader, is_network_url
 
 logger = logging.getLogger(__name__)
@@ -95,6 +96,9 @@ class Daemon:
         )
         self.snapshots = SnapshotWriter(config.alerts)
         client = redis_client if redis_client is not None else redis_from_config(config)
+        spool = None
+        if config.alerts.spool_dir is not None:
+            spool = Spool(config.alerts.spool_dir, int(config.alerts.spool_max_mb * 1024 * 1024))
         self.publisher = AlertPublisher(
             config.redis,
             client,
@@ -102,6 +106,7 @@ class Daemon:
             on_published=self._count_published if on_published is None else self._chain(on_published),
             on_failure=self.metrics.alerts_failed.inc,
             on_drop=lambda message: self.metrics.alerts_dropped.labels(camera=message["camera"]).inc(),
+            spool=spool,
         )
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -257,6 +262,7 @@ class Daemon:
         logger.info("camera %s: event %s %s (%s)", event.camera, event.rule, event.state, event.id)
         self.publisher.submit(alert_message(described, self.config.alerts.language))
         self.metrics.alert_queue.set(len(self.publisher))
+        self.metrics.alert_spool.set(self.publisher.spooled)
         if self.vlm is not None and event.state == "started":
             self.vlm.submit(described, snapshot)
 

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -77,7 +78,14 @@ def run_demo(
 ) -> int:
     """Run the demo; return the number of alerts printed."""
     ensure_samples(data_dir, DEMO_CLIPS)
-    env = dict(os.environ, VIGIL_SAMPLE_DIR=str(data_dir.resolve()), VIGIL_SNAPSHOT_DIR=str(snapshot_dir))
+    # The embedded Redis lives as long as the demo, so its spool need not outlive it either.
+    spool_dir = tempfile.mkdtemp(prefix="vigil-demo-spool-")
+    env = dict(
+        os.environ,
+        VIGIL_SAMPLE_DIR=str(data_dir.resolve()),
+        VIGIL_SNAPSHOT_DIR=str(snapshot_dir),
+        VIGIL_SPOOL_DIR=spool_dir,
+    )
     config_path = sample_streams_dir() / "demo.yaml"
     config = load_config(config_path, env=env)
     config = config.model_copy(update={"alerts": config.alerts.model_copy(update={"language": language})})

@@ -103,6 +103,9 @@ class Metrics:
             "vigil_alerts_dropped", "Alerts lost because the publish queue was full.", ["camera"], registry=r
         )
         self.alert_queue = Gauge("vigil_alert_queue_length", "Alerts waiting to be published.", registry=r)
+        self.alert_spool = Gauge(
+            "vigil_alert_spool_length", "Alerts waiting in the on-disk spool for Redis.", registry=r
+        )
         self._server: WSGIServer | None = None
         self._server_thread: threading.Thread | None = None
 

@@ -4,6 +4,7 @@
 #   - GStreamer RTSP server with its Python bindings: tests/rtsp_server.py
 #     serves recorded mp4 files as live RTSP cameras
 #   - ffmpeg: ffprobe and ffmpeg for inspecting streams and clips by hand
+#   - openssl: throwaway certificates for the Redis TLS tests
 # Tested on Debian 12 (bookworm). Safe to run again: apt-get skips packages
 # that are already installed. Needs root, or sudo when run as another user.
 set -euo pipefail
@@ -23,6 +24,7 @@ packages=(
     gstreamer1.0-plugins-ugly
     gstreamer1.0-libav
     ffmpeg
+    openssl
 )
 
 if [[ $(id -u) -eq 0 ]]; then

@@ -35,7 +35,7 @@ def daemon_config(camera_url: str, redis_url: str, snapshot_dir: Path) -> dict[s
             }
         },
         "detector": {"imgsz": 320},
-        "alerts": {"snapshot_dir": str(snapshot_dir)},
+        "alerts": {"snapshot_dir": str(snapshot_dir), "spool_dir": str(snapshot_dir / "spool")},
         "redis": {"url": redis_url},
         "metrics": {"port": 0},
     }
@@ -84,11 +84,18 @@ def test_rtsp_person_raises_zone_intrusion(
                     for line in log_path.read_text().splitlines()
                     if "metrics on http://" in line
                 )
-                metrics = (
-                    urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
-                    .read()
-                    .decode()
-                )
+                # The publisher counts a message just after Redis acknowledges it, which can
+                # be a moment after the subscriber above received it.
+                deadline = time.monotonic() + 10
+                while True:
+                    metrics = (
+                        urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
+                        .read()
+                        .decode()
+                    )
+                    if "vigil_alerts_published_total{" in metrics or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.2)
             finally:
                 daemon.send_signal(signal.SIGTERM)
                 exit_code = daemon.wait(timeout=20)

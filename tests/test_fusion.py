@@ -349,6 +349,7 @@ def test_running_daemon_reloads_published_model(tmp_path: Path, redis_server: Re
             "cameras": {"ward": {"url": "ward.mp4", "enabled": False}},
             "redis": {"url": redis_server.url},
             "metrics": {"enabled": False},
+            "alerts": {"spool_dir": str(tmp_path / "spool")},
             "fusion": {"model_dir": str(root), "reload_interval_s": 0.2},
         },
         env={},

@@ -137,7 +137,7 @@ def test_auth_wrong_password_never_delivers(
     assert not publisher.close(2)
     assert publisher.published == 0
     assert verified_client(auth_server).xlen("vigil:events") == 0
-    assert "publishing to Redis failed" in caplog.text
+    assert "Redis rejected the connection" in caplog.text
     assert "invalid username-password pair" in caplog.text
     assert WRONG_PASSWORD not in caplog.text
     assert PASSWORD not in caplog.text

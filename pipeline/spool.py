@@ -1,0 +1,152 @@
+"""A bounded, append-only queue of alert messages on local disk.
+
+While Redis is unreachable, the publisher appends each message to
+``<dir>/spool.jsonl`` (one JSON document per line, fsynced) and keeps the byte
+offset of the oldest undelivered line in ``<dir>/spool.offset``. Delivery reads
+from that offset in order and moves it forward after each message reaches Redis,
+so messages survive a restart of the daemon and arrive in the order they were
+produced. A message that reached Redis just before a crash, but whose offset was
+not yet saved, is sent again at the next start: consumers drop such duplicates by
+``message_id``.
+
+One process at a time owns a spool folder (an advisory ``flock`` on ``lock``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+from pathlib import Path
+from typing import IO, Any
+
+from pipeline.errors import VigilError
+
+logger = logging.getLogger(__name__)
+
+DATA_FILE = "spool.jsonl"
+OFFSET_FILE = "spool.offset"
+LOCK_FILE = "lock"
+
+
+class SpoolError(VigilError):
+    """The spool folder cannot be used."""
+
+
+class SpoolFullError(SpoolError):
+    """Appending would grow the spool past its size limit."""
+
+
+class Spool:
+    """Undelivered alert messages on disk, oldest first; bounded by ``max_bytes``."""
+
+    def __init__(self, directory: Path, max_bytes: int) -> None:
+        self.directory = directory
+        self.max_bytes = max_bytes
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            self._lock = (directory / LOCK_FILE).open("a")
+        except OSError as exc:
+            raise SpoolError(f"cannot use spool folder {directory}: {exc.strerror or exc}") from exc
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise SpoolError(
+                f"spool folder {directory} is in use by another Vigil process; give each daemon its own "
+                "alerts.spool_dir"
+            ) from None
+        self._data_path = directory / DATA_FILE
+        self._offset_path = directory / OFFSET_FILE
+        self._offset = self._read_offset()
+        self._data: IO[bytes] = self._data_path.open("a+b")
+        self._drop_torn_tail()
+        self._pending = self._count_pending()
+        if self._pending:
+            logger.info(
+                "alert spool %s holds %d undelivered alerts from an earlier run", directory, self._pending
+            )
+
+    def _read_offset(self) -> int:
+        try:
+            return int(self._offset_path.read_text(encoding="ascii").strip() or 0)
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError) as exc:
+            raise SpoolError(f"invalid spool offset file {self._offset_path}: {exc}") from exc
+
+    def _drop_torn_tail(self) -> None:
+        """Cut a last line that a crash left without its newline: that message was never spooled whole."""
+        size = self._data_path.stat().st_size
+        if size == 0:
+            return
+        self._data.seek(max(0, size - 1))
+        if self._data.read(1) == b"\n":
+            return
+        self._data.seek(0)
+        content = self._data.read()
+        keep = content.rfind(b"\n") + 1
+        logger.warning("alert spool %s: dropped a torn last line of %d bytes", self.directory, size - keep)
+        self._data.truncate(keep)
+        self._offset = min(self._offset, keep)
+
+    def _count_pending(self) -> int:
+        self._data.seek(self._offset)
+        return sum(1 for line in self._data if line.strip())
+
+    def __len__(self) -> int:
+        return self._pending
+
+    @property
+    def size_bytes(self) -> int:
+        return self._data_path.stat().st_size - self._offset
+
+    def append(self, message: dict[str, Any]) -> None:
+        """Write ``message`` at the end and fsync; raise ``SpoolFullError`` when it does not fit."""
+        line = json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+        if self.size_bytes + len(line) > self.max_bytes:
+            raise SpoolFullError(
+                f"alert spool {self.directory} is full ({self.size_bytes} of {self.max_bytes} bytes); "
+                "restore Redis or raise alerts.spool_max_mb"
+            )
+        self._data.seek(0, os.SEEK_END)
+        self._data.write(line)
+        self._data.flush()
+        os.fsync(self._data.fileno())
+        self._pending += 1
+
+    def peek(self) -> dict[str, Any] | None:
+        """Return the oldest undelivered message, or None when the spool is empty."""
+        while self._pending:
+            self._data.seek(self._offset)
+            line = self._data.readline()
+            if not line:
+                self._pending = 0
+                return None
+            if line.strip():
+                return json.loads(line)
+            self._offset += len(line)
+        return None
+
+    def pop(self) -> None:
+        """Mark the oldest message delivered; the spool files shrink to nothing once all are."""
+        if not self._pending:
+            return
+        self._data.seek(self._offset)
+        self._offset += len(self._data.readline())
+        self._pending -= 1
+        if self._pending == 0:
+            self._data.truncate(0)
+            self._offset = 0
+        self._save_offset()
+
+    def _save_offset(self) -> None:
+        partial = self._offset_path.with_suffix(".partial")
+        partial.write_text(str(self._offset), encoding="ascii")
+        os.replace(partial, self._offset_path)
+
+    def close(self) -> None:
+        self._data.close()
+        fcntl.flock(self._lock, fcntl.LOCK_UN)
+        self._lock.close()

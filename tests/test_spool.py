@@ -1,0 +1,187 @@
+"""The on-disk alert spool: order, restarts, limits, and a real Redis outage."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from servers import RedisServer
+
+from pipeline.alerts import AlertPublisher
+from pipeline.config import RedisConfig
+from pipeline.spool import Spool, SpoolError, SpoolFullError
+from pipeline.streams import ExponentialBackoff
+
+MB = 1024 * 1024
+
+
+def message(index: int, camera: str = "gate") -> dict[str, Any]:
+    return {
+        "message_id": f"m{index}",
+        "event_id": f"e{index}",
+        "state": "started",
+        "camera": camera,
+        "n": index,
+    }
+
+
+def test_spool_keeps_order_across_reopen(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, MB)
+    for index in range(5):
+        spool.append(message(index))
+    assert spool.peek() == message(0)
+    spool.pop()
+    spool.pop()
+    spool.close()
+
+    reopened = Spool(tmp_path, MB)
+    assert len(reopened) == 3
+    seen = []
+    while (item := reopened.peek()) is not None:
+        seen.append(item["n"])
+        reopened.pop()
+    assert seen == [2, 3, 4]
+    assert len(reopened) == 0
+    assert reopened.size_bytes == 0
+
+
+def test_spool_drops_torn_last_line(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, MB)
+    spool.append(message(0))
+    spool.close()
+    with (tmp_path / "spool.jsonl").open("ab") as handle:
+        handle.write(b'{"message_id": "m1", "ev')  # a crash in the middle of a write
+    reopened = Spool(tmp_path, MB)
+    assert len(reopened) == 1
+    reopened.append(message(2))
+    reopened.pop()
+    assert reopened.peek() == message(2)
+
+
+def test_full_spool_raises_clear_error(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, 200)
+    spool.append(message(0))
+    with pytest.raises(SpoolFullError, match=r"full .*alerts.spool_max_mb"):
+        for index in range(1, 10):
+            spool.append(message(index))
+    assert spool.size_bytes <= 200
+
+
+def test_second_process_cannot_share_spool(tmp_path: Path) -> None:
+    first = Spool(tmp_path, MB)
+    with pytest.raises(SpoolError, match="in use by another Vigil process"):
+        Spool(tmp_path, MB)
+    first.close()
+    Spool(tmp_path, MB).close()
+
+
+def stream_messages(client: redis.Redis) -> list[dict[str, Any]]:
+    return [json.loads(fields[b"alert"]) for _, fields in client.xrange("vigil:events")]
+
+
+def publisher_for(server: RedisServer, spool_dir: Path) -> AlertPublisher:
+    client = redis.Redis.from_url(server.url, socket_timeout=1, socket_connect_timeout=1)
+    return AlertPublisher(
+        RedisConfig(),
+        client,
+        backoff=ExponentialBackoff(initial=0.2, maximum=1.0),
+        spool=Spool(spool_dir, 16 * MB),
+    )
+
+
+OUTAGE_S = 60.0
+
+
+@pytest.mark.slow
+def test_redis_outage_loses_no_alert(tmp_path: Path, redis_server: RedisServer) -> None:
+    """Redis is down for a minute while alerts keep coming, and the daemon restarts in the middle."""
+    spool_dir = tmp_path / "spool"
+    client = redis.Redis.from_url(redis_server.url)
+    publisher = publisher_for(redis_server, spool_dir)
+    publisher.start()
+    sent = 0
+
+    def produce(target: AlertPublisher, until: float) -> None:
+        nonlocal sent
+        while time.monotonic() < until:
+            target.submit(message(sent))
+            sent += 1
+            time.sleep(0.25)
+
+    produce(publisher, time.monotonic() + 2)
+    time.sleep(0.5)
+    # The test server keeps nothing across a restart, so remember what arrived before the outage.
+    before = stream_messages(client)
+    redis_server.stop()
+    outage_ends = time.monotonic() + OUTAGE_S
+    produce(publisher, time.monotonic() + OUTAGE_S / 2)
+    assert publisher.spooled > 0
+
+    # The daemon restarts while Redis is still down: what was queued goes to the spool.
+    assert not publisher.close(timeout=3)
+    publisher = publisher_for(redis_server, spool_dir)
+    assert publisher.spooled > 0
+    publisher.start()
+    produce(publisher, outage_ends)
+    redis_server.start()
+    produce(publisher, time.monotonic() + 2)
+
+    deadline = time.monotonic() + 30
+    while len(before) + len(stream_messages(client)) < sent and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert publisher.close(timeout=5)
+    assert publisher.spooled == 0
+
+    # A message sent just before a stop may come twice; consumers drop it by message_id.
+    seen: set[str] = set()
+    numbers = []
+    for item in before + stream_messages(client):
+        if item["message_id"] not in seen:
+            seen.add(item["message_id"])
+            numbers.append(item["n"])
+    assert numbers == list(range(sent))
+
+
+def test_spooled_alerts_survive_restart(tmp_path: Path, redis_server: RedisServer) -> None:
+    spool_dir = tmp_path / "spool"
+    redis_server.stop()
+    first = publisher_for(redis_server, spool_dir)
+    first.start()
+    for index in range(10):
+        first.submit(message(index))
+    time.sleep(1.0)
+    assert not first.close(timeout=2)
+
+    redis_server.start()
+    second = publisher_for(redis_server, spool_dir)
+    second.start()
+    second.submit(message(10))
+    client = redis.Redis.from_url(redis_server.url)
+    deadline = time.monotonic() + 15
+    while len(stream_messages(client)) < 11 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert second.close(timeout=5)
+    assert [item["n"] for item in stream_messages(client)] == list(range(11))
+    assert not (spool_dir / "spool.jsonl").read_bytes()
+
+
+def test_publisher_delivers_while_other_thread_submits(tmp_path: Path, redis_server: RedisServer) -> None:
+    publisher = publisher_for(redis_server, tmp_path / "spool")
+    publisher.start()
+    threads = [
+        threading.Thread(target=lambda c=camera: [publisher.submit(message(i, c)) for i in range(50)])
+        for camera in ("a", "b")
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert publisher.close(timeout=10)
+    delivered = stream_messages(redis.Redis.from_url(redis_server.url))
+    for camera in ("a", "b"):
+        assert [item["n"] for item in delivered if item["camera"] == camera] == list(range(50))
