@@ -236,6 +236,10 @@ class DetectorConfig(StrictModel):
         default=True,
         description="Pool a feature vector per box from the detector's neck for the fusion model.",
     )
+    trusted_dir: Path | None = Field(
+        default=None,
+        description="Folder of your own model files: pickled checkpoints there load without a warning.",
+    )
 
 
 class BatchingConfig(StrictModel):

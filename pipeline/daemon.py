@@ -26,7 +26,7 @@ from pipeline.errors import ConfigError, StreamError, StreamOpenError
 from pipeline.fusion import Describer, TemplateDescriber
 from pipeline.fusion.scorer import FusionScorer
 from pipeline.fusion.vlm import VlmDescriber
-from pipeline.metrics import Metrics
+from pipeline.metrics import DEGRADED, Metrics
 from pipeline.processing import BatchResult, CameraPipeline, Processor
 from pipeline.records import Event, Frame
 from pipeline.spool import Spool
@@ -52,6 +52,14 @@ class CameraRuntime:
     processed_at_last_stats: int = 0
     frames_at_last_stats: int = 0
     last_frame_age: float = 0.0
+    degraded: bool = False
+
+
+def camera_state(state: ReaderState, degraded: bool) -> str:
+    """The state a camera shows in the metrics: ``degraded`` while it fails and does not stream."""
+    if degraded and state is not ReaderState.STREAMING and state is not ReaderState.STOPPED:
+        return DEGRADED
+    return "connecting" if state is ReaderState.BACKOFF else state.value
 
 
 def redis_from_config(config: VigilConfig) -> redis.Redis:
@@ -150,10 +158,15 @@ class Daemon:
         ).inc()
 
     def _on_reader_state(self, camera: str, state: ReaderState, error: StreamError | None) -> None:
-        self.metrics.set_camera_state(camera, state)
+        """Record a reader's new state; runs on that camera's reader thread."""
+        runtime = self.cameras[camera]
         if error is not None:
+            runtime.degraded = True
             reason = error.reason if isinstance(error, StreamOpenError) else type(error).__name__
             self.metrics.camera_errors.labels(camera=camera, reason=reason).inc()
+        elif state is ReaderState.STREAMING:
+            runtime.degraded = False
+        self.metrics.set_camera_state(camera, camera_state(state, runtime.degraded))
 
     def start(self) -> None:
         if self.config.metrics.enabled:
@@ -164,7 +177,7 @@ class Daemon:
         if self.vlm is not None:
             self.vlm.start()
         for runtime in self.cameras.values():
-            self.metrics.set_camera_state(runtime.camera, ReaderState.CONNECTING)
+            self.metrics.set_camera_state(runtime.camera, camera_state(ReaderState.CONNECTING, False))
             runtime.reader.start()
         self._processor.start()
         logger.info("daemon started with %d cameras", len(self.cameras))

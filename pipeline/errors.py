@@ -70,3 +70,7 @@ class StreamStalledError(StreamError):
 
 class StreamEndedError(StreamError):
     """A file camera reached its end and is not configured to loop."""
+
+
+class StreamDamagedError(StreamEndedError):
+    """A file camera's data cannot be decoded past some point (a truncated or corrupt file)."""

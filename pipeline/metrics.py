@@ -8,7 +8,11 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from pipeline.streams.reader import ReaderState
+# A camera's state in the metrics: the reader's states, except that a camera whose
+# last attempt failed (and has not streamed since) is "degraded" instead of
+# connecting, in backoff or ended.
+CAMERA_STATES = ("connecting", "streaming", "degraded", "ended", "stopped")
+DEGRADED = "degraded"
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +59,7 @@ class Metrics:
         )
         self.camera_state = Gauge(
             "vigil_camera_state",
-            "1 for the camera's current reader state, 0 for the others.",
+            "1 for the camera's current state, 0 for the others: " + ", ".join(CAMERA_STATES) + ".",
             ["camera", "state"],
             registry=r,
         )
@@ -109,9 +113,12 @@ class Metrics:
         self._server: WSGIServer | None = None
         self._server_thread: threading.Thread | None = None
 
-    def set_camera_state(self, camera: str, state: ReaderState) -> None:
-        for candidate in ReaderState:
-            self.camera_state.labels(camera=camera, state=candidate.value).set(1 if candidate is state else 0)
+    def set_camera_state(self, camera: str, state: str) -> None:
+        """Set the one-hot state series of ``camera``; ``state`` is one of ``CAMERA_STATES``."""
+        if state not in CAMERA_STATES:
+            raise ValueError(f"unknown camera state {state!r}; expected one of {', '.join(CAMERA_STATES)}")
+        for candidate in CAMERA_STATES:
+            self.camera_state.labels(camera=camera, state=candidate).set(1 if candidate == state else 0)
 
     def serve(self, host: str, port: int) -> int:
         """Start the HTTP endpoint on ``host:port``; return the bound port (useful with port 0)."""

@@ -6,6 +6,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
@@ -13,7 +14,7 @@ import numpy.typing as npt
 import torch
 
 from pipeline.config import DetectorConfig
-from pipeline.detect.weights import resolve_weights
+from pipeline.detect.weights import PACKAGE_PREFIX, resolve_weights
 from pipeline.errors import ModelLoadError
 from pipeline.records import Detections
 
@@ -31,6 +32,33 @@ def select_device(requested: str) -> str:
     return requested
 
 
+PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl")
+
+
+def warn_if_untrusted_pickle(reference: str, resolved: str, trusted_dir: Path | None) -> bool:
+    """Log a warning when ``resolved`` is a pickled checkpoint from outside a trusted place; True if it warned.
+
+    Ultralytics loads ``.pt`` files with pickle, which can run code stored in the
+    file. Files inside an installed package (``package:``) or under ``trusted_dir``
+    are taken as trusted; safetensors, ONNX and other plain formats run no code.
+    """
+    path = Path(resolved)
+    if (
+        reference.startswith(PACKAGE_PREFIX)
+        or path.suffix.lower() not in PICKLE_SUFFIXES
+        or not path.exists()
+    ):
+        return False
+    if trusted_dir is not None and path.resolve().is_relative_to(trusted_dir.resolve()):
+        return False
+    logger.warning(
+        "detector weights %s are a pickled checkpoint from outside the model folder: loading it runs code "
+        "stored in the file. Load only files you trust, and put your own under detector.trusted_dir.",
+        path,
+    )
+    return True
+
+
 class YoloDetector:
     """Runs one Ultralytics model over a batch of frames per call.
 
@@ -45,6 +73,7 @@ class YoloDetector:
         self.device = select_device(config.device)
         self.half = config.half if config.half is not None else self.device.startswith("cuda")
         weights = resolve_weights(config.weights)
+        warn_if_untrusted_pickle(config.weights, weights, config.trusted_dir)
         try:
             self._model = YOLO(weights, task="detect")
         except Exception as exc:

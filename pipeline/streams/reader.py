@@ -29,7 +29,14 @@ import numpy as np
 import numpy.typing as npt
 
 from pipeline.config import CameraConfig
-from pipeline.errors import OpenFailure, StreamEndedError, StreamError, StreamOpenError, StreamStalledError
+from pipeline.errors import (
+    OpenFailure,
+    StreamDamagedError,
+    StreamEndedError,
+    StreamError,
+    StreamOpenError,
+    StreamStalledError,
+)
 from pipeline.records import Frame
 from pipeline.redact import redact_text, redact_url
 from pipeline.streams.backoff import Backoff, ExponentialBackoff
@@ -160,6 +167,11 @@ class StreamReader:
         while not self._stop.is_set():
             try:
                 self._read_once()
+            except StreamDamagedError as exc:
+                # Reading the same damaged file again would replay its frames as new ones.
+                self.last_error = exc
+                self._set_state(ReaderState.ENDED, exc)
+                return
             except StreamEndedError:
                 self._set_state(ReaderState.ENDED)
                 return
@@ -201,6 +213,13 @@ class StreamReader:
         if not container.streams.video:
             container.close()
             raise StreamOpenError(self.camera, "codec", "the source has no video stream")
+        video = container.streams.video[0]
+        if video.codec_context is None:
+            tag = getattr(video, "codec_tag", "") or "unknown"
+            container.close()
+            raise StreamOpenError(
+                self.camera, "codec", f"no decoder for the video codec (tag {tag!r}) in this FFmpeg build"
+            )
         return container
 
     def iter_frames(self) -> Iterator[Frame]:
@@ -236,6 +255,33 @@ class StreamReader:
             raise StreamEndedError(self.camera, "end of file")
         self._set_state(ReaderState.CONNECTING)
 
+    def _check_complete(
+        self,
+        stream: av.video.stream.VideoStream,
+        container: av.container.InputContainer,
+        read_s: float,
+        interval: float,
+    ) -> None:
+        """Raise ``StreamDamagedError`` when a file ended well before the duration its header declares.
+
+        FFmpeg's threaded decoders end a truncated file quietly, as if it were complete,
+        so the length read is compared with the length declared.
+        """
+        declared: float | None = None
+        if stream.duration and stream.time_base:
+            declared = float(stream.duration * stream.time_base)
+        elif container.duration:
+            declared = container.duration / 1_000_000
+        if declared is None or read_s >= declared * 0.9 - 2 * interval:
+            return
+        damaged = StreamDamagedError(
+            self.camera,
+            f"damaged file: it ended after {read_s:.1f} s of the {declared:.1f} s its header declares",
+        )
+        if not self.config.loop:
+            raise damaged
+        logger.warning("camera %s: %s; starting the file again", self.camera, damaged)
+
     def _decode(self, container: av.container.InputContainer) -> Iterator[Frame]:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
@@ -250,8 +296,10 @@ class StreamReader:
         wall_start = time.monotonic()
         last_emitted = -1e9
         last_progress = time.monotonic()
+        decoded_frames = 0
         try:
             for decoded in container.decode(stream):
+                decoded_frames += 1
                 if self._stop.is_set():
                     return
                 now = time.monotonic()
@@ -286,10 +334,22 @@ class StreamReader:
                     captured_at=self.last_frame_at,
                     image=cast("npt.NDArray[np.uint8]", decoded.to_ndarray(format="bgr24")),
                 )
+            if not self._is_network and first_pts is not None:
+                self._check_complete(stream, container, timestamp - offset, interval)
         except av.error.FFmpegError as exc:
             message = redact_text(str(exc), self._secrets)
             if isinstance(exc, av.error.ExitError | TimeoutError):
                 raise StreamStalledError(self.camera, f"read timed out: {message}") from None
+            if isinstance(exc, av.error.DecoderNotFoundError):
+                raise StreamOpenError(self.camera, "codec", message) from None
+            if not self._is_network and isinstance(exc, av.error.InvalidDataError) and decoded_frames:
+                damaged = StreamDamagedError(
+                    self.camera, f"damaged file: decoding failed after {decoded_frames} frames: {message}"
+                )
+                if not self.config.loop:
+                    raise damaged from None
+                logger.warning("camera %s: %s; starting the file again", self.camera, damaged)
+                return
             if self.frames_read == 0 or isinstance(exc, av.error.InvalidDataError):
                 raise StreamOpenError(self.camera, "invalid_data", message) from None
             raise StreamError(self.camera, f"decode failed: {message}") from None
