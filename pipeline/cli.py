@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
+from pipeline import malloc
 from pipeline.errors import VigilError
 
 if TYPE_CHECKING:
@@ -308,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Before any reader or decoder thread exists, so that every thread shares the two heaps.
+    malloc.limit_arenas()
     _set_offline_defaults()
     args = build_parser().parse_args(argv)
     _configure_logging(args.log_level)

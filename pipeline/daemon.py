@@ -17,6 +17,7 @@ from typing import Any
 
 import redis
 
+from pipeline import malloc
 from pipeline.alerts import AlertPublisher, SnapshotWriter, alert_message
 from pipeline.batching import BatchScheduler
 from pipeline.config import VigilConfig
@@ -169,6 +170,7 @@ class Daemon:
         self.metrics.set_camera_state(camera, camera_state(state, runtime.degraded))
 
     def start(self) -> None:
+        malloc.limit_arenas()
         if self.config.metrics.enabled:
             self.metrics_port = self.metrics.serve(self.config.metrics.host, self.config.metrics.port)
         self.publisher.start()
@@ -229,6 +231,7 @@ class Daemon:
                     )
             if time.monotonic() - self._last_stats >= STATS_INTERVAL_S:
                 self._update_stats()
+                malloc.trim()
                 # A newly published model is taken up even while no track needs a score.
                 if self.scorer is not None:
                     self.scorer.swap_if_reloaded()

@@ -136,6 +136,8 @@ def test_bad_cameras_degrade_alone(
                     truncated_copy(data_dir / "intel_sample_videos" / "car-detection.mp4", tmp_path / "t.mp4")
                 ),
                 "realtime": False,
+                # Few frames, so the damage is reached quickly even on a loaded machine.
+                "fps": 2,
             },
             "noise": {"url": noise_server.url, "open_timeout_s": 5, "backoff": backoff},
             "codec": {"url": str(unknown_codec_file(tmp_path / "unknown.avi")), "backoff": backoff},
