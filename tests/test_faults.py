@@ -1,4 +1,4 @@
-"""Faults injected into a running daemon: bad cameras, a flapping RTSP server, SIGTERM under load.
+"""Tests that inject faults into a running daemon: bad cameras, a flapping RTSP server, SIGTERM under load.
 
 Every server here is real and on 127.0.0.1: GStreamer's RTSP server, redis-server and
 a small HTTP server that serves random bytes as if they were a camera.
@@ -35,6 +35,7 @@ CAMERA_PASSWORD = "cam-s3cret!"
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, step: float = 0.1) -> bool:
+    """Poll ``condition`` every ``step`` seconds until it is true or ``timeout`` seconds pass."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
@@ -44,7 +45,7 @@ def wait_for(condition: Callable[[], bool], timeout: float, step: float = 0.1) -
 
 
 class NoiseServer(http.server.ThreadingHTTPServer):
-    """Serves 2 MB of random bytes at any path, as a broken HTTP camera would."""
+    """HTTP server that sends 2 MB of random bytes at any path, as a broken HTTP camera would."""
 
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _NoiseHandler)
@@ -79,14 +80,14 @@ def noise_server() -> Iterator[NoiseServer]:
 
 
 def truncated_copy(source: Path, target: Path) -> Path:
-    """The first third of an mp4 whose index sits at the start: frames decode, then the data stops."""
+    """Write the first third of an mp4 whose index is at the start, so frames decode and then the data stops."""
     data = source.read_bytes()
     target.write_bytes(data[: len(data) // 3])
     return target
 
 
 def unknown_codec_file(target: Path) -> Path:
-    """An AVI whose video codec tag no FFmpeg decoder knows."""
+    """Write an AVI whose video codec tag matches no FFmpeg decoder."""
     scratch = target.with_suffix(".tmp.avi")
     with av.open(str(scratch), "w") as container:
         stream = container.add_stream("mpeg4", rate=10)
@@ -102,6 +103,7 @@ def unknown_codec_file(target: Path) -> Path:
 
 
 def gauge(daemon: Daemon, name: str, **labels: str) -> float:
+    """Read one metric sample, or 0.0 when it has not been set."""
     return daemon.metrics.registry.get_sample_value(name, labels) or 0.0
 
 
@@ -186,7 +188,7 @@ def test_bad_cameras_degrade_alone(
 
 
 def test_unresolvable_host_is_unreachable() -> None:
-    # A real lookup would ask the machine's DNS server; FFmpeg's message for it is classified here.
+    # A real lookup would query the machine's DNS server, so only FFmpeg's error message is classified here.
     error = OSError("Failed to resolve hostname cam.invalid: Name or service not known")
     classified = classify_open_error("gate", "rtsp://user:pw@cam.invalid/s", error)
     assert isinstance(classified, StreamOpenError)
@@ -259,11 +261,12 @@ def test_sigterm_under_load_exits_and_spools(tmp_path: Path, data_dir: Path) -> 
         }
         for index, clip in enumerate(clips)
     }
-    # Nothing listens on this port: Redis is down for the whole run.
+    # Nothing listens on this port, so Redis is down for the whole run.
     config = base_config(cameras, f"redis://127.0.0.1:{find_free_port()}/0", tmp_path)
     config["redis"]["socket_timeout_s"] = 1
     path = tmp_path / "vigil.yaml"
     path.write_text(yaml.safe_dump(config))
+
     log_path = tmp_path / "daemon.log"
     with log_path.open("w") as log:
         daemon = subprocess.Popen(
@@ -285,6 +288,7 @@ def test_sigterm_under_load_exits_and_spools(tmp_path: Path, data_dir: Path) -> 
         finally:
             if daemon.poll() is None:
                 daemon.kill()
+
     text = log_path.read_text()
     assert exit_code == 0, text[-3000:]
     assert took < 10, f"SIGTERM took {took:.1f} s"
@@ -295,6 +299,7 @@ def test_sigterm_under_load_exits_and_spools(tmp_path: Path, data_dir: Path) -> 
 
 
 def child_pids(parent: int) -> list[int]:
+    """List the ids of the direct child processes of ``parent`` from /proc."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():

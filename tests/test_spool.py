@@ -1,4 +1,4 @@
-"""The on-disk alert spool: order, restarts, limits, and a real Redis outage."""
+"""Tests of the on-disk alert spool: order, restarts, limits and a real Redis outage."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ MB = 1024 * 1024
 
 
 def message(index: int, camera: str = "gate") -> dict[str, Any]:
+    """Build an alert message whose ``n`` field records the order it was sent in."""
     return {
         "message_id": f"m{index}",
         "event_id": f"e{index}",
@@ -54,8 +55,10 @@ def test_spool_drops_torn_last_line(tmp_path: Path) -> None:
     spool = Spool(tmp_path, MB)
     spool.append(message(0))
     spool.close()
+
     with (tmp_path / "spool.jsonl").open("ab") as handle:
         handle.write(b'{"message_id": "m1", "ev')  # a crash in the middle of a write
+
     reopened = Spool(tmp_path, MB)
     assert len(reopened) == 1
     reopened.append(message(2))
@@ -137,7 +140,7 @@ def test_redis_outage_loses_no_alert(tmp_path: Path, redis_server: RedisServer) 
     assert publisher.close(timeout=5)
     assert publisher.spooled == 0
 
-    # A message sent just before a stop may come twice; consumers drop it by message_id.
+    # A message sent just before a stop may arrive twice, so consumers drop repeats by message_id.
     seen: set[str] = set()
     numbers = []
     for item in before + stream_messages(client):

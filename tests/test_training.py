@@ -1,4 +1,4 @@
-"""Training: evaluation arithmetic on known cases, grouped splits, and a tiny real training run."""
+"""Tests of training: evaluation arithmetic on known cases, grouped splits and a tiny real training run."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def test_roc_auc_known_case() -> None:
 
 
 def test_average_precision_known_case() -> None:
-    # Ranked: 0.8 (hit), 0.4 (miss), 0.35 (hit): precision 1 at recall 0.5, 2/3 at recall 1.
+    # The ranking is 0.8 (hit), 0.4 (miss), 0.35 (hit), so precision is 1 at recall 0.5 and 2/3 at recall 1.
     assert average_precision([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == pytest.approx(0.5 * 1 + 0.5 * 2 / 3)
     assert average_precision([1, 0, 1], [0.9, 0.2, 0.8]) == pytest.approx(1.0)
     assert math.isnan(average_precision([0, 0], [0.1, 0.2]))
@@ -34,9 +34,10 @@ def test_alerts_need_hold_and_respect_cooldown() -> None:
     times = [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 10.0, 10.5, 11.0]
     scores = [0.9, 0.9, 0.9, 0.2, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9]
     tracks = [1] * len(times)
-    # The second run of high scores began at 2.0, inside the cooldown, and alerts once the cooldown is over.
+    # The second run of high scores begins at 2.0, inside the cooldown.
+    # It alerts at the first window after the cooldown ends.
     assert alerts_from_scores(times, tracks, scores, threshold=0.5, hold_s=1.0, cooldown_s=5.0) == [1.0, 10.0]
-    # Another track is timed on its own.
+    # Each track has its own hold timer.
     both = alerts_from_scores([0.0, 0.0, 1.0, 1.0], [1, 2, 1, 2], [0.9, 0.1, 0.9, 0.9], 0.5, 1.0, 5.0)
     assert both == [1.0]
 
@@ -105,11 +106,11 @@ def test_tiny_training_run_publishes_loadable_model(data_dir: Path, tmp_path: Pa
     assert model.labels == ["fall"]
     assert model.spec.visual_dim > 0
 
-    # The features of both videos are cached: a second extraction replays nothing.
+    # The features of both videos are cached, so a second extraction replays nothing.
     segments, videos = collect_segments(config)
     assert [label for label, _, _ in segments["Subject 1/Fall/14.mp4"]] == ["fall"]
     assert segments["Subject 1/ADL/10.mp4"] == []
     windows = extract_all(config, videos, progress=False)
     assert sorted(windows) == sorted(videos)
-    assert all(len(found) > 0 for found in windows.values())
+    assert all(len(video_windows) > 0 for video_windows in windows.values())
     assert np.isfinite(windows["Subject 1/Fall/14.mp4"].cues).all()

@@ -85,7 +85,7 @@ def file_sha256(path: Path) -> str:
 
 
 def extractor_config(config: TrainingConfig) -> VigilConfig:
-    """The daemon config the extraction runs with: one camera with the detector's own fall rule."""
+    """Build the daemon config that extraction runs with: one camera with the detector's own fall rule."""
     return parse_config(
         {
             "cameras": {
@@ -103,6 +103,7 @@ def extractor_config(config: TrainingConfig) -> VigilConfig:
 
 
 def cache_key(video_hash: str, config: TrainingConfig) -> str:
+    """Derive the cache file name from the video's hash and every setting that changes its windows."""
     settings = {
         "format": CACHE_FORMAT,
         "video": video_hash,
@@ -116,7 +117,10 @@ def cache_key(video_hash: str, config: TrainingConfig) -> str:
 
 
 class Extractor:
-    """Replays videos through the daemon's stages, with a cache; the detector loads on first use."""
+    """Replayer of videos through the daemon's stages, with an on-disk cache.
+
+    The detector and the fusion scorer load on the first cache miss.
+    """
 
     def __init__(self, config: TrainingConfig) -> None:
         self.config = config
@@ -136,16 +140,19 @@ class Extractor:
         return self._processor
 
     def windows(self, root: Path, video: str) -> VideoWindows:
+        """Return the track windows of ``root / video``, from the cache or by replaying the file."""
         path = root / video
         if not path.is_file():
             raise FileNotFoundError(f"video not found: {path}")
         key = cache_key(file_sha256(path), self.config)
         cached = self.cache_dir / f"{key}.npz"
+
         if cached.is_file():
             self.hits += 1
             found = VideoWindows.load(cached)
             found.video = video
             return found
+
         self.misses += 1
         extracted = self._extract(path, video)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -158,12 +165,15 @@ class Extractor:
         processor.on_scored = lambda window, scores: collected.append((window, scores))
         detector_alerts: list[float] = []
         last_time = 0.0
+
         for result in replay_file(processor, path, camera=self.vigil.cameras["clip"]):
             for event, frame in result.events:
                 if event.state == "started":
                     detector_alerts.append(frame.timestamp)
             if result.tracked:
                 last_time = result.tracked[-1][0].timestamp
+
+        # Windows without visual features, or with features of another width, are marked absent.
         windows = [window for window, _ in collected]
         labels = list(self.config.labels)
         cue_rows, visual_rows, texts = prepare(windows) if windows else ([], [], [])
@@ -174,11 +184,12 @@ class Extractor:
             if row is not None and row.shape == (dim,):
                 visual[index] = row
                 present[index] = True
+
         return VideoWindows(
             video=video,
             duration_s=last_time,
-            timestamps=np.array([w.last.timestamp for w in windows], np.float64),
-            track_ids=np.array([w.track_id for w in windows], np.int64),
+            timestamps=np.array([window.last.timestamp for window in windows], np.float64),
+            track_ids=np.array([window.track_id for window in windows], np.int64),
             cues=np.stack(cue_rows).astype(np.float32)
             if cue_rows
             else np.zeros((0, len(CUE_NAMES)), np.float32),
@@ -193,10 +204,11 @@ class Extractor:
 
 
 def moving_tracks(windows: VideoWindows, min_flow: float = 0.06) -> set[int]:
-    """Return the tracks whose boxes moved at some point; static boxes (furniture taken for a person) never did.
+    """Return the ids of tracks whose boxes moved at some point.
 
-    Optical flow decides, not background subtraction, because the background model
-    marks everything as moving while it learns the first frames.
+    This excludes static boxes, such as furniture taken for a person. Optical flow
+    decides, not background subtraction, because the background model marks
+    everything as moving while it learns the first frames.
     """
     flow = windows.cues[:, CUE_NAMES.index("track_flow_peak")]
     return {int(track) for track in np.unique(windows.track_ids[flow >= min_flow])}
@@ -205,10 +217,11 @@ def moving_tracks(windows: VideoWindows, min_flow: float = 0.06) -> set[int]:
 def window_targets(
     windows: VideoWindows, segments: Sequence[tuple[str, float, float]], labels: Sequence[str]
 ) -> npt.NDArray[np.float32]:
-    """1 where a window ends inside a segment of the label and belongs to a track that moved, else 0.
+    """Build the target matrix, one row per window and one column per label.
 
-    Annotations say when something happens, not to which box; a static box inside a
-    fall segment is taken as not falling.
+    A target is 1 where the window ends inside a segment of the label and belongs
+    to a track that moved, else 0. Annotations give when something happens but not
+    which box it happens to, so a static box inside a fall segment counts as not falling.
     """
     targets = np.zeros((len(windows), len(labels)), np.float32)
     movers = moving_tracks(windows)

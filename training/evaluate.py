@@ -2,9 +2,9 @@
 
 Scores become alerts the way the daemon's ``type: label`` rule makes them: a
 track's score must stay at or above the threshold for ``hold_s`` seconds, and
-after an alert the same track stays quiet for ``cooldown_s``. An alert that
-starts inside an annotated segment of its label (or up to ``slack_s`` after it)
-is a hit; a segment with at least one hit is found.
+after an alert the same track stays quiet for ``cooldown_s``. An alert is a hit
+when it starts inside an annotated segment of its label or up to ``slack_s``
+after the segment ends. A segment with at least one hit counts as found.
 """
 
 from __future__ import annotations
@@ -18,7 +18,10 @@ import numpy.typing as npt
 
 
 def roc_auc(targets: npt.ArrayLike, scores: npt.ArrayLike) -> float:
-    """Area under the ROC curve (ties count half); NaN when only one class is present."""
+    """Compute the area under the ROC curve, with ties counting half.
+
+    Return NaN when only one class is present.
+    """
     y = np.asarray(targets, dtype=bool)
     s = np.asarray(scores, dtype=np.float64)
     positives, negatives = s[y], s[~y]
@@ -44,7 +47,7 @@ def roc_auc(targets: npt.ArrayLike, scores: npt.ArrayLike) -> float:
 def precision_recall_curve(
     targets: npt.ArrayLike, scores: npt.ArrayLike
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """Precision and recall at each distinct score taken as the threshold, highest first."""
+    """Compute precision and recall with each distinct score as the threshold, highest score first."""
     y = np.asarray(targets, dtype=bool)
     s = np.asarray(scores, dtype=np.float64)
     order = np.argsort(-s, kind="mergesort")
@@ -58,7 +61,10 @@ def precision_recall_curve(
 
 
 def average_precision(targets: npt.ArrayLike, scores: npt.ArrayLike) -> float:
-    """Average precision: precision at each threshold, weighted by the recall it adds; NaN without positives."""
+    """Compute average precision: the precision at each threshold, weighted by the recall it adds.
+
+    Return NaN when there are no positives.
+    """
     y = np.asarray(targets, dtype=bool)
     if not y.any():
         return math.nan
@@ -75,11 +81,12 @@ def alerts_from_scores(
     hold_s: float,
     cooldown_s: float,
 ) -> list[float]:
-    """Times at which a ``type: label`` rule would start an alert, from per-window scores."""
+    """Return the times at which a ``type: label`` rule would start an alert, given per-window scores."""
     times = np.asarray(timestamps, np.float64)
     tracks = np.asarray(track_ids, np.int64)
     values = np.asarray(scores, np.float64)
     alerts: list[float] = []
+
     for track in np.unique(tracks):
         rows = np.nonzero(tracks == track)[0]
         rows = rows[np.argsort(times[rows], kind="mergesort")]
@@ -117,6 +124,7 @@ class EventCounts:
         duration_s: float,
         slack_s: float,
     ) -> None:
+        """Add the alerts of one video, given its segments of this label and its duration."""
         hits = [t for t in alerts if any(start <= t <= end + slack_s for start, end in segments)]
         self.segments += len(segments)
         self.found += sum(any(start <= t <= end + slack_s for t in alerts) for start, end in segments)
@@ -160,7 +168,7 @@ class EventCounts:
 
 
 def format_table(rows: Iterable[dict[str, object]], columns: Sequence[str]) -> str:
-    """A plain-text table; floats with three decimals, NaN as a dash."""
+    """Format rows as a plain-text table, with floats to three decimals and NaN as a dash."""
 
     def cell(value: object) -> str:
         if isinstance(value, float):

@@ -1,4 +1,4 @@
-"""What ``vigil train`` and ``vigil eval`` do: import, extract, train, evaluate, publish."""
+"""Steps behind ``vigil train`` and ``vigil eval``: import, extract, train, evaluate and publish."""
 
 from __future__ import annotations
 
@@ -30,9 +30,11 @@ from training.train import Examples, predict, split_by_group, train
 logger = logging.getLogger(__name__)
 
 Segments = dict[str, list[tuple[str, float, float]]]
+"""Annotated segments per video, as ``(label, start_s, end_s)``."""
 
 
 def _video_fps(path: Path) -> float:
+    """Read the frame rate of a video's first stream, falling back to 25 fps when the file has none."""
     import av
 
     with av.open(str(path)) as container:
@@ -41,7 +43,10 @@ def _video_fps(path: Path) -> float:
 
 
 def _import(source: AnnotationSource, config: TrainingConfig) -> Segments:
-    """Segments per video, labels already mapped; a video whose rows all map to nothing is kept, empty."""
+    """Import one annotation source as segments per video, with labels already mapped.
+
+    A video whose labels all map to nothing is kept with an empty list.
+    """
     from training import importers
 
     data = config.data
@@ -57,7 +62,8 @@ def _import(source: AnnotationSource, config: TrainingConfig) -> Segments:
         result = importers.import_mot(path, source.video or path.parent.name, skip_bad=skip)
     else:
         raise TrainingError(
-            f"{source.format} annotations have no video time base; use events_csv, cvat_video or mot"
+            f"{source.format} annotations have no video time base, so they cannot be used for "
+            "training. Use events_csv, cvat_video or mot."
         )
 
     def mapped(label: str) -> str | None:
@@ -69,6 +75,7 @@ def _import(source: AnnotationSource, config: TrainingConfig) -> Segments:
         label = mapped(segment.label)
         if label is not None:
             segments[segment.video].append((label, segment.start_s, segment.end_s))
+
     # Box tracks become segments over the frames where the box is visible.
     spans: dict[tuple[str, object, str], list[int]] = defaultdict(list)
     for box in result.boxes:
@@ -76,6 +83,7 @@ def _import(source: AnnotationSource, config: TrainingConfig) -> Segments:
         label = mapped(box.label)
         if label is not None and not box.outside:
             spans[(box.video, box.track_id, label)].append(box.frame)
+
     rates: dict[str, float] = {}
     for (video, _, label), frames in spans.items():
         rate = rates.setdefault(video, _video_fps(data.root / video))
@@ -84,11 +92,12 @@ def _import(source: AnnotationSource, config: TrainingConfig) -> Segments:
 
 
 def collect_segments(config: TrainingConfig) -> tuple[Segments, list[str]]:
-    """Segments per video of the configured labels, and the videos to use."""
+    """Import every annotation source and return segments of the configured labels and the videos to use."""
     segments: Segments = defaultdict(list)
     for source in config.data.annotations:
         for video, found in _import(source, config).items():
             segments[video].extend(item for item in found if item[0] in config.labels)
+
     videos = list(config.data.videos) if config.data.videos is not None else sorted(segments)
     videos += [video for video in config.data.extra_videos if video not in videos]
     return segments, videos
@@ -97,6 +106,7 @@ def collect_segments(config: TrainingConfig) -> tuple[Segments, list[str]]:
 def extract_all(
     config: TrainingConfig, videos: Sequence[str], progress: bool = True
 ) -> dict[str, VideoWindows]:
+    """Extract the track windows of every video, reusing the feature cache."""
     extractor = Extractor(config)
     found = {}
     for video in tqdm(videos, desc="features", unit="video", disable=not progress):
@@ -106,6 +116,7 @@ def extract_all(
 
 
 def data_hash(windows: dict[str, VideoWindows], segments: Segments) -> str:
+    """Hash the video names, cues and segments that a model was trained on, as hex SHA-256."""
     digest = hashlib.sha256()
     for video in sorted(windows):
         digest.update(video.encode())
@@ -126,13 +137,19 @@ def fit(
     checkpoint: Path | None = None,
     progress: bool = True,
 ) -> tuple[FusionModel, dict[str, Any], Examples]:
-    """Train on ``train_videos``, holding out a grouped validation split; return the model, history, validation set."""
+    """Train on ``train_videos`` with a grouped validation split held out.
+
+    Return the model, its training history and the validation set.
+    """
     labels = list(config.labels)
-    fitting, validation = split_by_group(
+    training_videos, validation = split_by_group(
         train_videos, config.data.group_depth, config.train.validation_fraction, config.train.seed
     )
     logger.info(
-        "training on %d videos, validating on %d: %s", len(fitting), len(validation), ", ".join(validation)
+        "training on %d videos, validating on %d: %s",
+        len(training_videos),
+        len(validation),
+        ", ".join(validation),
     )
     dim = _visual_dim(windows)
 
@@ -143,13 +160,14 @@ def fit(
 
     validation_set = examples(validation)
     model, history = train(
-        config, examples(fitting), validation_set, dim, checkpoint=checkpoint, progress=progress
+        config, examples(training_videos), validation_set, dim, checkpoint=checkpoint, progress=progress
     )
-    history["train_videos"], history["validation_videos"] = list(fitting), list(validation)
+    history["train_videos"], history["validation_videos"] = list(training_videos), list(validation)
     return model, history, validation_set
 
 
 def score_videos(model: FusionModel, windows: dict[str, VideoWindows]) -> dict[str, npt.NDArray[np.float32]]:
+    """Score the windows of each video with ``model``, one column per label."""
     dim = model.spec.visual_dim
     return {
         video: predict(model, Examples.stack([(w, np.zeros((len(w), len(model.labels)), np.float32))], dim))
@@ -164,28 +182,32 @@ def evaluate(
     scores: dict[str, npt.NDArray[np.float32]] | None,
     labels: Sequence[str],
 ) -> dict[str, dict[str, float]]:
-    """Per label: window-level AUC and AP, event-level counts; ``scores`` None evaluates the detector's Fall alerts."""
+    """Compute window-level ROC AUC and AP and event-level counts for each label.
+
+    When ``scores`` is None, the detector's Fall alerts are evaluated instead of a model.
+    """
     rule = config.rule
     report: dict[str, dict[str, float]] = {}
     for column, label in enumerate(labels):
         counts = EventCounts()
         all_targets, all_scores = [], []
-        for video, w in windows.items():
+        for video, video_windows in windows.items():
             spans = [(start, end) for name, start, end in segments.get(video, []) if name == label]
             if scores is None:
-                alerts = w.detector_alerts if label == "fall" else []
+                alerts = video_windows.detector_alerts if label == "fall" else []
             else:
                 alerts = alerts_from_scores(
-                    w.timestamps,
-                    w.track_ids,
+                    video_windows.timestamps,
+                    video_windows.track_ids,
                     scores[video][:, column],
                     rule.threshold,
                     rule.hold_s,
                     rule.cooldown_s,
                 )
-                all_targets.append(window_targets(w, segments.get(video, []), labels)[:, column])
+                all_targets.append(window_targets(video_windows, segments.get(video, []), labels)[:, column])
                 all_scores.append(scores[video][:, column])
-            counts.add(alerts, spans, w.duration_s, rule.slack_s)
+            counts.add(alerts, spans, video_windows.duration_s, rule.slack_s)
+
         entry = counts.as_dict()
         if all_targets:
             entry["roc_auc"] = roc_auc(np.concatenate(all_targets), np.concatenate(all_scores))
@@ -208,6 +230,7 @@ def save_plots(
     import matplotlib.pyplot as plt
 
     folder.mkdir(parents=True, exist_ok=True)
+
     figure, axes = plt.subplots(figsize=(6, 4))
     axes.plot(history["train_loss"], label="training")
     axes.plot(history["validation_loss"], label="validation")
@@ -219,6 +242,7 @@ def save_plots(
     loss_path = folder / "loss.png"
     figure.savefig(loss_path, dpi=100)
     plt.close(figure)
+
     figure, axes = plt.subplots(figsize=(5, 5))
     for column, label in enumerate(labels):
         if validation.targets[:, column].any():
@@ -243,15 +267,20 @@ def save_plots(
 
 
 def run_train(config: TrainingConfig, resume: bool = False, progress: bool = True) -> Path:
-    """Import, extract, train and publish a new model version under ``config.output``; return its folder."""
+    """Import, extract and train, then publish a new model version under ``config.output``.
+
+    Return the folder of the published version.
+    """
     from pipeline.fusion.store import save_model
 
     segments, videos = collect_segments(config)
     windows = extract_all(config, videos, progress)
+
     checkpoint = config.output / ".checkpoints" / "last.pt"
     if not resume:
         checkpoint.unlink(missing_ok=True)
     model, history, validation = fit(config, segments, windows, videos, checkpoint, progress)
+
     validation_windows = {video: windows[video] for video in history["validation_videos"]}
     metrics = {
         "history": history,
@@ -259,6 +288,7 @@ def run_train(config: TrainingConfig, resume: bool = False, progress: bool = Tru
             config, segments, validation_windows, score_videos(model, validation_windows), model.labels
         ),
     }
+
     plots = save_plots(history, validation, predict(model, validation), model.labels, checkpoint.parent)
     folder = save_model(
         model, config.output, metrics=metrics, data_hash=data_hash(windows, segments), attachments=plots

@@ -1,9 +1,10 @@
 """Fine-tuning the fusion model on track windows of annotated footage.
 
-The recipe is the usual one: AdamW with weight decay, dropout on the projected
-features, class weights for rare labels (``pos_weight`` of the binary cross
-entropy), early stopping on a validation split grouped by subject or video, a
-fixed seed, and a full checkpoint after every epoch so an interrupted run resumes.
+The recipe is the usual one. It uses AdamW with weight decay, dropout on the
+projected features and class weights for rare labels (``pos_weight`` of the
+binary cross entropy). Early stopping watches a validation split grouped by
+subject or video. The seed is fixed, and a full checkpoint is written after
+every epoch so that an interrupted run resumes.
 The encoder stays frozen except for its top ``train_encoder_layers`` layers.
 """
 
@@ -46,6 +47,8 @@ class Examples:
     def stack(
         cls, parts: Sequence[tuple[VideoWindows, npt.NDArray[np.float32]]], visual_dim: int
     ) -> Examples:
+        """Concatenate the windows of many videos. Visual features of another width count as missing."""
+
         def visual_of(windows: VideoWindows) -> npt.NDArray[np.float32]:
             if windows.visual.shape[1] == visual_dim:
                 return windows.visual
@@ -85,8 +88,8 @@ def split_by_group(
     rng.shuffle(groups)
     if len(groups) < 2:
         raise TrainingError(
-            f"cannot split {len(videos)} videos into training and validation: they form one group; "
-            "lower data.group_depth (0 groups by video)"
+            f"cannot split {len(videos)} videos into training and validation because they form one group. "
+            "Lower data.group_depth (0 groups by video)."
         )
     count = min(len(groups) - 1, max(1, round(len(groups) * fraction)))
     validation_groups = set(groups[:count])
@@ -116,7 +119,7 @@ def _forward(model: FusionModel, examples: Examples, rows: torch.Tensor) -> torc
 
 
 def predict(model: FusionModel, examples: Examples, batch_size: int = 64) -> npt.NDArray[np.float32]:
-    """Scores in [0, 1], one row per window and one column per label."""
+    """Score every window, returning probabilities in [0, 1], one row per window and one column per label."""
     model.eval()
     out = []
     with torch.inference_mode():
@@ -126,26 +129,27 @@ def predict(model: FusionModel, examples: Examples, batch_size: int = 64) -> npt
 
 
 def _trainable(model: FusionModel) -> list[torch.nn.Parameter]:
-    """Freeze the encoder (but its top layers when asked) and the zero-shot head; return what trains.
+    """Freeze the encoder, except its top ``train_encoder_layers`` layers, and the zero-shot head.
 
-    The zero-shot part stays as it is, so what the footage teaches goes into the
-    correction from the prefix tokens, which sees the cues and the detector's features.
+    Return the parameters left trainable. Because the zero-shot part stays fixed,
+    what the footage teaches goes into the correction from the prefix tokens,
+    whose input is the cues and the detector's features.
     """
     frozen = (model.label_embeddings, model.normal_embeddings, model.log_scale, model.label_bias)
     for parameter in (*model.encoder.parameters(), *frozen):
         parameter.requires_grad = False
+
     layers = getattr(getattr(model.encoder, "encoder", None), "layer", [])
-    for layer in (
-        list(layers)[len(layers) - model.spec.train_encoder_layers :]
-        if model.spec.train_encoder_layers
-        else []
-    ):
+    tuned_count = model.spec.train_encoder_layers
+    tuned_layers = list(layers)[len(layers) - tuned_count :] if tuned_count else []
+    for layer in tuned_layers:
         for parameter in layer.parameters():
             parameter.requires_grad = True
     return [parameter for parameter in model.parameters() if parameter.requires_grad]
 
 
 def _loss(model: FusionModel, examples: Examples, pos_weight: torch.Tensor, batch_size: int) -> float:
+    """Compute the mean weighted binary cross entropy per target element, without gradients."""
     model.eval()
     total, count = 0.0, 0
     with torch.inference_mode():
@@ -169,7 +173,7 @@ def train(
     device: str = "cpu",
     progress: bool = True,
 ) -> tuple[FusionModel, dict[str, Any]]:
-    """Fit a fusion model; return it with the weights of its best validation epoch, and the history."""
+    """Fit a fusion model and return it, with the weights of its best validation epoch, and the history."""
     settings = config.train
     _set_seed(settings.seed)
     spec = FusionSpec(
@@ -184,6 +188,8 @@ def train(
         dropout=settings.dropout,
     )
     model = FusionModel.build(spec, device)
+
+    # Cue normalisation and class weights come from the training split only.
     with torch.no_grad():
         model.cue_mean.copy_(torch.from_numpy(train_set.cues.mean(axis=0)))
         model.cue_std.copy_(torch.from_numpy(train_set.cues.std(axis=0) + 1e-3))
@@ -192,11 +198,13 @@ def train(
     pos_weight = torch.from_numpy(
         np.clip(negatives / np.maximum(positives, 1), 1.0, 100.0).astype(np.float32)
     ).to(device)
+
     parameters = _trainable(model)
     optimizer = torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.weight_decay)
     generator = torch.Generator().manual_seed(settings.seed)
     history: dict[str, Any] = {"train_loss": [], "validation_loss": [], "best_epoch": 0}
     best_loss, best_state, start_epoch = math.inf, copy.deepcopy(model.trainable_state()), 0
+
     if checkpoint is not None and checkpoint.is_file():
         state = torch.load(checkpoint, map_location=device, weights_only=True)
         model.load_state_dict(state["model"], strict=False)
@@ -205,6 +213,8 @@ def train(
         history, best_loss, best_state = state["history"], state["best_loss"], state["best_state"]
         start_epoch = state["epoch"] + 1
         logger.info("resuming from %s at epoch %d", checkpoint, start_epoch + 1)
+
+    # Epochs since the best validation loss, counted again after a resume.
     stale = start_epoch - 1 - history["best_epoch"] if start_epoch else 0
     epochs = tqdm(range(start_epoch, settings.epochs), desc="epochs", unit="epoch", disable=not progress)
     for epoch in epochs:
@@ -221,6 +231,7 @@ def train(
             optimizer.step()
             running += float(loss.detach()) * len(rows)
             seen += len(rows)
+
         train_loss = running / max(1, seen)
         validation_loss = _loss(model, validation_set, pos_weight, settings.batch_size)
         history["train_loss"].append(train_loss)
@@ -233,6 +244,7 @@ def train(
         epochs.set_postfix(
             train=f"{train_loss:.4f}", validation=f"{validation_loss:.4f}", best=f"{best_loss:.4f}"
         )
+
         if checkpoint is not None:
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
             torch.save(
@@ -249,9 +261,10 @@ def train(
             )
         if stale >= settings.patience:
             logger.info(
-                "early stop after epoch %d: no better validation loss for %d epochs", epoch + 1, stale
+                "stopping early after epoch %d: no better validation loss for %d epochs", epoch + 1, stale
             )
             break
+
     model.load_state_dict(best_state, strict=False)
     model.eval()
     history["best_validation_loss"] = best_loss
