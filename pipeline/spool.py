@@ -39,7 +39,7 @@ class SpoolFullError(SpoolError):
 
 
 class Spool:
-    """Undelivered alert messages on disk, oldest first; bounded by ``max_bytes``."""
+    """Undelivered alert messages on disk, oldest first, bounded by ``max_bytes``."""
 
     def __init__(self, directory: Path, max_bytes: int) -> None:
         self.directory = directory
@@ -65,7 +65,7 @@ class Spool:
         self._pending = self._count_pending()
         if self._pending:
             logger.info(
-                "alert spool %s holds %d undelivered alerts from an earlier run", directory, self._pending
+                "alert spool %s contains %d undelivered alerts from an earlier run", directory, self._pending
             )
 
     def _read_offset(self) -> int:
@@ -77,7 +77,7 @@ class Spool:
             raise SpoolError(f"invalid spool offset file {self._offset_path}: {exc}") from exc
 
     def _drop_torn_tail(self) -> None:
-        """Cut a last line that a crash left without its newline: that message was never spooled whole."""
+        """Drop a last line that a crash left without its newline, because that message was never spooled whole."""
         size = self._data_path.stat().st_size
         if size == 0:
             return
