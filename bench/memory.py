@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -55,6 +56,12 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=30.0, help="length of the run in minutes")
     parser.add_argument("--warmup", type=float, default=300.0, help="seconds before the baseline sample")
     parser.add_argument("--interval", type=float, default=10.0, help="seconds between RSS samples")
+    parser.add_argument(
+        "--window",
+        type=float,
+        default=300.0,
+        help="seconds of samples whose median starts and ends the trend",
+    )
     parser.add_argument("--fps", type=float, default=5.0, help="frames per second taken from each camera")
     args = parser.parse_args()
 
@@ -120,6 +127,18 @@ def main() -> int:
         f"({after[-1] / baseline - 1:+.1%}), max {max(after):.1f} MiB ({max(after) / baseline - 1:+.1%}); "
         f"{daemon.publisher.published} alerts published in {args.minutes:.0f} min"
     )
+
+    # Single samples swing by several percent as frames are allocated and freed, so the
+    # trend is also given as the median of the first and the last window of samples.
+    span = min(args.window, (samples[-1][0] - args.warmup) / 2)
+    first = [rss for when, rss in samples if args.warmup <= when < args.warmup + span]
+    last = [rss for when, rss in samples if when > samples[-1][0] - span]
+    if first and last:
+        start, end = statistics.median(first), statistics.median(last)
+        print(
+            f"median of the first {span:.0f} s after warm-up {start:.1f} MiB, of the last {span:.0f} s "
+            f"{end:.1f} MiB ({end / start - 1:+.1%})"
+        )
     return 0
 
 
