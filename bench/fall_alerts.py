@@ -14,17 +14,17 @@ clips, so each alert there is false.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import logging
-import os
 import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
-os.environ.setdefault("YOLO_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from common import bench_parser, set_offline_defaults
+
+set_offline_defaults()
+
 
 FALL_DATASET = "gmdcsa24_fall"
 INTEL_CLIPS = (
@@ -46,15 +46,7 @@ def fall_segments(events_csv: Path) -> dict[str, list[tuple[float, float]]]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=Path(os.environ.get("VIGIL_SAMPLE_DIR", "../shared/data")),
-        help="folder of the sample footage (default: $VIGIL_SAMPLE_DIR, else ../shared/data)",
-    )
+    parser = bench_parser(__doc__)
     parser.add_argument("--model-dir", type=Path, help="versioned fusion models; zero-shot when omitted")
     parser.add_argument(
         "--fps", type=float, default=10.0, help="maximum frames per second taken from each clip"

@@ -11,30 +11,22 @@ run on the Intel sample clips, which contain no falls, to count false alerts.
 
 from __future__ import annotations
 
-import argparse
 import logging
-import os
 import sys
 import tempfile
 from pathlib import Path
 
-os.environ.setdefault("YOLO_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from common import bench_parser, set_offline_defaults
+
+set_offline_defaults()
+
 
 INTEL = ("one-by-one-person-detection.mp4", "car-detection.mp4", "bottle-detection.mp4")
 METHODS = ("fine-tuned", "zero-shot", "detector Fall class")
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=Path(os.environ.get("VIGIL_SAMPLE_DIR", "../shared/data")),
-        help="folder containing gmdcsa24_fall and intel_sample_videos",
-    )
+    parser = bench_parser(__doc__)
     parser.add_argument(
         "--config",
         type=Path,

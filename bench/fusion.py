@@ -10,28 +10,20 @@ Both modes are timed: zero-shot (text only) and with prefix tokens (as after tra
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
-from pathlib import Path
 
-os.environ.setdefault("YOLO_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from common import bench_parser, set_offline_defaults
+
+set_offline_defaults()
+
 
 CLIP = "gmdcsa24_fall/Subject 2/Fall/14.mp4"
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=Path(os.environ.get("VIGIL_SAMPLE_DIR", "../shared/data")),
-        help="folder of the sample footage (default: $VIGIL_SAMPLE_DIR, else ../shared/data)",
-    )
+    parser = bench_parser(__doc__)
     parser.add_argument("--seconds", type=float, default=5.0, help="seconds timed per batch size and mode")
     parser.add_argument(
         "--device", default="cpu", help="torch device of the fusion model, such as cpu or cuda"

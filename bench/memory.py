@@ -12,18 +12,16 @@ state grows with time.
 
 from __future__ import annotations
 
-import argparse
-import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("YOLO_OFFLINE", "1")
-os.environ.setdefault("YOLO_AUTOINSTALL", "0")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="vigil-bench-"))
+from common import bench_parser, set_offline_defaults
+
+set_offline_defaults()
+
 
 CLIPS = [
     "intel_sample_videos/one-by-one-person-detection.mp4",
@@ -44,15 +42,7 @@ def rss_mib() -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=Path(os.environ.get("VIGIL_SAMPLE_DIR", "../shared/data")),
-        help="folder containing intel_sample_videos and gmdcsa24_fall",
-    )
+    parser = bench_parser(__doc__)
     parser.add_argument("--minutes", type=float, default=30.0, help="length of the run in minutes")
     parser.add_argument("--warmup", type=float, default=300.0, help="seconds before the baseline sample")
     parser.add_argument("--interval", type=float, default=10.0, help="seconds between RSS samples")

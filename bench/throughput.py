@@ -10,16 +10,15 @@ Both figures are measured in this run; the ratio is what to compare across machi
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("YOLO_OFFLINE", "1")
-os.environ.setdefault("YOLO_AUTOINSTALL", "0")
-os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="vigil-bench-"))
+from common import bench_parser, set_offline_defaults
+
+set_offline_defaults()
+
 
 CLIPS = [
     "intel_sample_videos/one-by-one-person-detection.mp4",
@@ -99,12 +98,7 @@ def run_baseline(data_dir: Path, seconds: float, imgsz: int, device: str) -> dic
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--data-dir", type=Path, default=Path(os.environ.get("VIGIL_SAMPLE_DIR", "../shared/data"))
-    )
+    parser = bench_parser(__doc__)
     parser.add_argument("--seconds", type=float, default=60.0, help="measured seconds for each side")
     parser.add_argument("--imgsz", type=int, default=320)
     parser.add_argument("--max-batch", type=int, default=8)
