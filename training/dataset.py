@@ -25,6 +25,7 @@ import numpy.typing as npt
 
 from pipeline.config import VigilConfig, parse_config
 from pipeline.fusion.features import CUE_NAMES, TrackWindow
+from pipeline.fusion.model import stack_visual
 from pipeline.fusion.scorer import FusionScorer, prepare
 from pipeline.processing import Processor
 from pipeline.replay import replay_file
@@ -178,12 +179,7 @@ class Extractor:
         labels = list(self.config.labels)
         cue_rows, visual_rows, texts = prepare(windows) if windows else ([], [], [])
         dim = next((row.shape[0] for row in visual_rows if row is not None), 0)
-        visual = np.zeros((len(windows), dim), np.float32)
-        present = np.zeros(len(windows), bool)
-        for index, row in enumerate(visual_rows):
-            if row is not None and row.shape == (dim,):
-                visual[index] = row
-                present[index] = True
+        visual, present = stack_visual(visual_rows, dim)
 
         return VideoWindows(
             video=video,

