@@ -6,8 +6,8 @@ model's ``fall`` label, zero-shot unless ``--model-dir`` names trained models) a
 one with ``source: detector`` (the detector's ``Fall`` class held for
 ``min_frames`` detections). For the GMDCSA24 clips, an alert counts as a hit when
 it starts inside an annotated ``Falling (...)`` segment or up to ``--slack``
-seconds after it ends, and every other alert is false. Nobody falls in the Intel
-clips, so each alert there is false.
+seconds after it ends, and every other alert is false. The Intel clips contain no
+falls, so each alert there is false.
 
     .venv/bin/python bench/fall_alerts.py --data-dir /path/to/sample-footage
 """

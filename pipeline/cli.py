@@ -24,7 +24,7 @@ logger = logging.getLogger("pipeline")
 
 
 def _set_offline_defaults() -> None:
-    # Ultralytics looks up hosts at import unless told it is offline, and tries to
+    # Ultralytics looks up hosts at import unless set offline, and tries to
     # install missing packages; neither belongs in a daemon. Users can override both.
     os.environ.setdefault("YOLO_AUTOINSTALL", "0")
     os.environ.setdefault("YOLO_OFFLINE", "1")

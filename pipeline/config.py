@@ -151,7 +151,7 @@ class FallRule(RuleBase):
     """A fall: the fusion model's ``fall`` label by default, or the detector's own fall class.
 
     With ``source: detector`` the track must carry ``fall_class`` for ``min_frames``
-    detections in a row; with ``source: fusion`` the ``fall`` score must stay at or above
+    detections in a row. With ``source: fusion`` the ``fall`` score must stay at or above
     ``threshold`` for ``hold_s`` seconds.
     """
 

@@ -57,7 +57,7 @@ class CameraRuntime:
 
 
 def camera_state(state: ReaderState, degraded: bool) -> str:
-    """The state a camera shows in the metrics: ``degraded`` while it fails and does not stream."""
+    """Return the state a camera shows in the metrics: ``degraded`` while it fails and does not stream."""
     if degraded and state is not ReaderState.STREAMING and state is not ReaderState.STOPPED:
         return DEGRADED
     return "connecting" if state is ReaderState.BACKOFF else state.value
@@ -223,7 +223,7 @@ class Daemon:
                 try:
                     self._process_batch(batch)
                 except Exception:
-                    # One bad batch must not end all cameras; the traceback says what broke.
+                    # One bad batch must not end all cameras; the traceback shows what broke.
                     logger.exception(
                         "processing failed for a batch of %d frames (cameras: %s)",
                         len(batch),

@@ -55,7 +55,7 @@ class MotionGate:
         return self.last_motion
 
     def mask_for(self, seq: int) -> npt.NDArray[np.uint8] | None:
-        """The foreground mask of frame ``seq`` of this camera, while it is among the last few kept."""
+        """Return the foreground mask of frame ``seq`` of this camera while it is among the last few kept, else None."""
         return self._masks.get(seq)
 
     def should_detect(self, frame: Frame, has_live_tracks: bool = False) -> bool:

@@ -1,10 +1,10 @@
 """The per-frame work of the pipeline, shared by the daemon and offline replay.
 
-``Processor`` takes batches of frames from any cameras and runs them through the
-detector (one call per batch), each camera's tracker and cue extractor, the fusion
-model (one call for every track that is due a score) and each camera's rules. It
-holds no threads and no network clients: the daemon feeds it from live readers
-and publishes what it returns; training and evaluation feed it from files.
+``Processor`` takes batches of frames from any cameras. It runs them through the
+detector (one call per batch), then each camera's tracker and cue extractor, the
+fusion model (one call for every track that is due a score) and each camera's rules.
+It owns no threads and no network clients. The daemon feeds it from live readers and
+publishes what it returns, while training and evaluation feed it from files.
 
 The fusion scores of a batch are computed after its rules ran, so a rule sees the
 scores of the previous batch. That costs one batch of latency, a fraction of a

@@ -17,7 +17,7 @@ from pipeline.records import Detections, Frame
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class TrackPoint:
-    """Where a track was at one stream time; ``x``, ``y`` are its anchor as fractions of the frame."""
+    """Position of a track at one stream time; ``x``, ``y`` are its anchor as fractions of the frame."""
 
     timestamp: float
     x: float
@@ -31,7 +31,7 @@ class TrackPoint:
 class Track:
     """A tracked object on one camera; ``history`` keeps at most ``TrackingConfig.history`` points.
 
-    ``scores`` holds the fusion model's latest label scores for the track and
+    ``scores`` contains the fusion model's latest label scores for the track and
     ``scored_at`` the stream time of the frame they were computed on.
     """
 

@@ -62,7 +62,7 @@ def warn_if_untrusted_pickle(reference: str, resolved: str, trusted_dir: Path | 
 class YoloDetector:
     """Runs one Ultralytics model over a batch of frames per call.
 
-    ``last_timing`` holds the milliseconds spent in the last call, measured after the
+    ``last_timing_ms`` is the milliseconds spent in the last call, measured after the
     GPU finished, so it is the real cost of the batch.
     """
 

@@ -36,7 +36,7 @@ def _noun(label: str) -> tuple[str, str]:
 
 
 def _score(event: Event, chinese: bool = False) -> str:
-    """The fusion score of the event's label, when the event has one, as a parenthesis."""
+    """Return the fusion score of the event's label as a parenthesis, or "" when the event has none."""
     score = event.scores.get(event.label)
     if score is None:
         return ""

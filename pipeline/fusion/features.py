@@ -272,7 +272,7 @@ class CueExtractor:
         """Record one observation for each tracked box of ``frame``.
 
         ``motion_mask`` is the background-subtraction mask of the frame at any size;
-        ``visual`` holds one detector feature row per box of ``tracked``.
+        ``visual`` contains one detector feature row per box of ``tracked``.
         """
         if tracked.track_id is None:
             raise ValueError(

@@ -14,8 +14,8 @@ with the embeddings of the "normal" descriptions:
     logit(label) = scale * (cos(track, label) - max cos(track, normal)) + bias(label)
 
 A model that has not been trained leaves the prefix tokens out (``use_prefix`` is
-false): the comparison of the rendered words with the label sentences is then the
-whole model, which is what lets a new label work from its description alone.
+false). The comparison of the rendered words with the label sentences is then the
+whole model, so a new label works from its description alone.
 
 A trained model (``use_prefix`` true) keeps that zero-shot logit and adds a learned
 correction: a linear head on the mean output of a second pass, the one with the
@@ -155,7 +155,7 @@ class FusionModel(nn.Module):
             self.normal_embeddings.copy_(self.encode_text(self.spec.normal))
 
     def add_label(self, name: str, description: str) -> None:
-        """Add a label that works from its description until a trained model knows it."""
+        """Add a label that works from its description until a trained model includes it."""
         with torch.no_grad():
             row = self.encode_text([description])
         self.spec.labels[name] = description
@@ -242,7 +242,7 @@ class FusionModel(nn.Module):
         return logits
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
-        """The weights a model folder stores: everything but the frozen encoder layers."""
+        """Return the weights a model folder stores: everything but the frozen encoder layers."""
         state = self.state_dict()
         kept_layers = self._trained_layer_prefixes()
         return {

@@ -1,6 +1,6 @@
 """Versioned model folders: writing them atomically, finding the newest, watching for a newer one.
 
-A model root holds one folder per version::
+A model root contains one folder per version::
 
     models/fusion/
       20261204-213000/
@@ -99,7 +99,7 @@ def load_model(folder: Path, device: str = "cpu") -> FusionModel:
     """
     try:
         spec = FusionSpec.from_json(json.loads((folder / "config.json").read_text(encoding="utf-8")))
-        # safetensors holds plain tensors only, so loading it runs no code.
+        # safetensors contains plain tensors only, so loading it runs no code.
         state = load_file(str(folder / "model.safetensors"), device="cpu")
     except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:
         raise ModelLoadError(
