@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
+from pipeline import cli
 from pipeline.errors import TrainingError
 from pipeline.fusion.store import load_model
 from training.config import TrainingConfig
@@ -88,7 +91,9 @@ def tiny_config(data_dir: Path, tmp_path: Path) -> TrainingConfig:
 
 
 @pytest.mark.slow
-def test_tiny_training_run_publishes_loadable_model(data_dir: Path, tmp_path: Path) -> None:
+def test_tiny_training_run_publishes_loadable_model(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = tiny_config(data_dir, tmp_path)
     folder = run_train(config, progress=False)
     assert folder.parent == tmp_path / "models"
@@ -114,3 +119,17 @@ def test_tiny_training_run_publishes_loadable_model(data_dir: Path, tmp_path: Pa
     assert sorted(windows) == sorted(videos)
     assert all(len(video_windows) > 0 for video_windows in windows.values())
     assert np.isfinite(windows["Subject 1/Fall/14.mp4"].cues).all()
+
+    # `vigil eval` on the same footage: the published model and both baselines, as a table and JSON.
+    config_file = tmp_path / "training.yaml"
+    config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    report_file = tmp_path / "report.json"
+    assert cli.main(["eval", "-c", str(config_file), "--quiet", "--json", str(report_file)]) == 0
+    table = capsys.readouterr().out
+    assert "zero-shot" in table
+    assert "detector Fall class" in table
+    assert f"model {folder.name}" in table
+    report = json.loads(report_file.read_text())
+    assert report["videos"] == 2
+    assert report[f"model {folder.name}"]["fall"]["segments"] == 1
+    assert 0.0 <= report["zero-shot"]["fall"]["roc_auc"] <= 1.0
