@@ -100,6 +100,22 @@ def test_realtime_file_is_paced(fall_clip: Path) -> None:
     assert 30 <= len(slot.frames) <= 75
 
 
+def test_full_slot_keeps_the_reader_at_its_pace(fall_clip: Path) -> None:
+    # Nobody takes frames: the slot keeps the newest two, counts the rest as dropped,
+    # and the reader goes on at the camera's rate instead of waiting for room.
+    slot = FrameSlot(capacity=2)
+    reader = StreamReader("ward", camera(fall_clip, fps=10), slot)
+    reader.start()
+    time.sleep(2.0)
+    reader.stop()
+    reader.join(5)
+    assert reader.frames_read >= 15
+    assert slot.dropped == reader.frames_read - 2
+    last = reader.frames_read
+    newest = [slot.take(), slot.take()]
+    assert [frame.seq for frame in newest if frame is not None] == [last - 1, last]
+
+
 def test_missing_file_backs_off_with_clear_error(tmp_path: Path) -> None:
     slot, states = Collector(), States()
     backoff = NoBackoff()

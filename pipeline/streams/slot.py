@@ -43,11 +43,11 @@ class FrameSlot:
         self._wake = wake
 
     def put(self, frame: Frame, timeout: float | None = None) -> bool:
-        """Store a frame; return False when it was not stored cleanly.
+        """Store a frame; return False only when it was not stored.
 
-        Under ``DROP_OLDEST`` False means the oldest frame was dropped for this one.
-        Under ``WAIT`` False means ``timeout`` seconds passed without room, and the new
-        frame was not stored; the caller decides whether to try again.
+        Under ``DROP_OLDEST`` the frame is always stored, at the cost of the oldest one
+        when the slot is full. Under ``WAIT`` False means ``timeout`` seconds passed
+        without room; the caller decides whether to try again.
         """
         with self._condition:
             full = len(self._frames) == self.capacity
@@ -60,7 +60,7 @@ class FrameSlot:
             self._frames.append(frame)
         if self._wake is not None:
             self._wake.set()
-        return not full
+        return True
 
     def take(self) -> Frame | None:
         """Remove and return the oldest frame, or None when empty."""
