@@ -83,6 +83,13 @@ def test_template_descriptions(
     assert text["zh"].startswith("摄像头 gate：")
 
 
+def test_detector_fall_class_does_not_name_a_zone_intruder_fallen() -> None:
+    # The fall detector's "Fall" class flickers on upright people; only the fall rule says someone fell.
+    text = TemplateDescriber().describe(make_event(label="Fall"))
+    assert text["en"] == "Camera gate: A person entered zone dock."
+    assert "倒地" not in text["zh"]
+
+
 @pytest.mark.parametrize(
     ("name", "expected"),
     [
