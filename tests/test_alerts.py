@@ -84,7 +84,7 @@ def test_template_descriptions(
 
 
 def test_detector_fall_class_does_not_name_a_zone_intruder_fallen() -> None:
-    # The fall detector's "Fall" class flickers on upright people; only the fall rule says someone fell.
+    # The fall detector's "Fall" class flickers on upright people; only the fall rule reports a fall.
     text = TemplateDescriber().describe(make_event(label="Fall"))
     assert text["en"] == "Camera gate: A person entered zone dock."
     assert "倒地" not in text["zh"]

@@ -12,7 +12,7 @@ LANGUAGES = ("en", "zh")
 # Detector class names as nouns. The packaged fall detector calls an upright person
 # "Normal" and a fallen one "Fall"; COCO models call them "person". Its "Fall" class
 # flickers on people who stand or sit, so a zone or line alert names a person, and
-# only the fall rule, which weighs more than one frame, says that someone fell.
+# only the fall rule, which weighs more than one frame, reports a fall.
 _NOUNS: dict[str, tuple[str, str]] = {
     "person": ("a person", "人员"),
     "Normal": ("a person", "人员"),
