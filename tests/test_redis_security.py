@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -286,6 +288,44 @@ def test_alerts_client_uses_tls_options(tls_server: RedisServer) -> None:
     assert pool.connection_kwargs["ssl_cert_reqs"] == "required"
     assert pool.connection_kwargs["socket_timeout"] is None
     assert client.ping()
+
+
+def test_alerts_command_reads_over_mutual_tls(mutual_tls_server: RedisServer) -> None:
+    server = mutual_tls_server
+    client = redis_from_config(
+        make_config(
+            {
+                "url": server.url,
+                "tls_ca_file": str(server.ca_file),
+                "tls_cert_file": str(server.client_cert_file),
+                "tls_key_file": str(server.client_key_file),
+            }
+        )
+    )
+    _on_channel, in_stream = publish_one(client, verified_client(server), "over-tls")
+    assert in_stream == ["over-tls"]
+    command = [
+        sys.executable, "-m", "pipeline", "alerts", "--redis", server.url, "--from-id", "0", "--json",
+        "--tls-ca-file", str(server.ca_file),
+        "--tls-cert-file", str(server.client_cert_file),
+        "--tls-key-file", str(server.client_key_file),
+    ]  # fmt: skip
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+        try:
+            # The command follows the stream until stopped; the first line is the alert published above.
+            lines: list[str] = []
+            assert process.stdout is not None
+            stdout = process.stdout
+            reader = threading.Thread(target=lambda: lines.append(stdout.readline()), daemon=True)
+            reader.start()
+            reader.join(30)
+        finally:
+            process.terminate()
+            _out, errors = process.communicate(timeout=10)
+    assert lines and lines[0], f"vigil alerts printed nothing; stderr: {errors}"
+    message = json.loads(lines[0])
+    assert message["event_id"] == "over-tls"
+    assert message["schema"] == 1
 
 
 def test_alerts_client_matches_daemon(tls_server: RedisServer) -> None:
