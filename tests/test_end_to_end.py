@@ -123,6 +123,17 @@ def test_rtsp_person_raises_zone_intrusion(
         'vigil_alerts_published_total{camera="lobby",rule_type="zone_intrusion",state="started"}' in metrics
     )
     assert "vigil_detector_batch_ms_count" in metrics
+    # The fusion model is on by default and scored the person's track: its latency was measured.
+    samples = dict(
+        line.rsplit(" ", 1) for line in metrics.splitlines() if line.startswith("vigil_fusion_batch_")
+    )
+    assert float(samples["vigil_fusion_batch_ms_count"]) >= 1
+    assert (
+        0
+        < float(samples["vigil_fusion_batch_ms_sum"]) / float(samples["vigil_fusion_batch_ms_count"])
+        < 10_000
+    )
+    assert float(samples["vigil_fusion_batch_size_sum"]) >= float(samples["vigil_fusion_batch_size_count"])
 
     log_text = log_path.read_text()
     assert "daemon stopped" in log_text
