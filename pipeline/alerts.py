@@ -17,6 +17,7 @@ import json
 import logging
 import re
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -257,65 +258,86 @@ class AlertPublisher:
         pipe.execute()
 
     def _next(self) -> tuple[dict[str, Any], bool] | None:
-        """Wait for the next message to deliver: the spool's oldest first, then the queue's."""
+        """Wait for the next message to deliver: the spool's oldest first, then the queue's.
+
+        Returns None once ``close`` was called and nothing is left to try.
+        """
+        while True:
+            with self._condition:
+                while not self._queue and not self.spooled and not self._stop:
+                    self._condition.wait()
+                if not self.spooled:
+                    return (self._queue[0], False) if self._queue else None
+            # Messages produced while the spool is not empty go behind it, to keep the order.
+            self._spool_queue()
+            message = self.spool.peek() if self.spool is not None else None
+            if message is not None:
+                return message, True
+            # Only damaged lines were left in the spool; they were skipped, look again.
+
+    def _pause(self, delay: float) -> None:
+        """Sleep ``delay`` seconds or until ``close``; new messages do not cut the wait short."""
+        deadline = time.monotonic() + delay
         with self._condition:
-            while not self._queue and not self.spooled and not self._stop:
-                self._condition.wait()
-            spooling = bool(self.spooled)
-            if not spooling:
-                return (self._queue[0], False) if self._queue else None
-        # Messages produced while the spool is not empty go behind it, to keep the order.
-        self._spool_queue()
-        message = self.spool.peek() if self.spool is not None else None
-        return (message, True) if message is not None else None
+            while not self._stop and (left := deadline - time.monotonic()) > 0:
+                self._condition.wait(left)
 
     def _run(self) -> None:
         failing = False
         while True:
-            found = self._next()
-            if found is None:
-                return
-            message, from_spool = found
             try:
-                self._send(message)
-            except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError, OSError) as exc:
-                if self._on_failure is not None:
-                    self._on_failure()
-                if self.spool is not None and not from_spool:
-                    self._spool_queue()
+                found = self._next()
+                if found is None:
+                    return
+                retry_in = self._deliver(*found, failing=failing)
+            except Exception:
+                # A damaged spool or a failing callback must not end delivery for good.
+                logger.exception("alert publisher failed")
+                retry_in = self.backoff.next_delay()
+            failing = retry_in is not None
+            if retry_in is not None:
                 if self._stop:
                     return
-                delay = self.backoff.next_delay()
-                if not failing:
-                    where = f"; spooling to {self.spool.directory}" if self.spool is not None else ""
-                    if isinstance(exc, redis.AuthenticationError | redis.ResponseError):
-                        # Not an outage: retrying will not help until the settings change.
-                        logger.error(  # noqa: TRY400
-                            "Redis rejected the connection, retrying in %.1f s%s: %s; check redis.url, "
-                            "redis.password and the server's ACL",
-                            delay,
-                            where,
-                            exc,
-                        )
-                    else:
-                        logger.warning(
-                            "publishing to Redis failed, retrying in %.1f s%s: %s", delay, where, exc
-                        )
-                failing = True
-                with self._condition:
-                    self._condition.wait(delay)
-                continue
-            if failing:
-                logger.info("publishing to Redis recovered; %d alerts left in the spool", self.spooled)
-                failing = False
-            self.backoff.reset()
-            if from_spool:
-                assert self.spool is not None
-                self.spool.pop()
-            else:
-                with self._condition:
-                    if self._queue and self._queue[0] is message:
-                        self._queue.popleft()
-            self.published += 1
-            if self._on_published is not None:
+                self._pause(retry_in)
+
+    def _deliver(self, message: dict[str, Any], from_spool: bool, failing: bool) -> float | None:
+        """Send one message and mark it delivered; return the seconds to wait when Redis failed."""
+        try:
+            self._send(message)
+        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError, OSError) as exc:
+            if self._on_failure is not None:
+                self._on_failure()
+            if self.spool is not None and not from_spool:
+                self._spool_queue()
+            delay = self.backoff.next_delay()
+            if not failing:
+                where = f"; spooling to {self.spool.directory}" if self.spool is not None else ""
+                if isinstance(exc, redis.AuthenticationError | redis.ResponseError):
+                    # Not an outage: retrying will not help until the settings change.
+                    logger.error(  # noqa: TRY400
+                        "Redis rejected the connection, retrying in %.1f s%s: %s; check redis.url, "
+                        "redis.password and the server's ACL",
+                        delay,
+                        where,
+                        exc,
+                    )
+                else:
+                    logger.warning("publishing to Redis failed, retrying in %.1f s%s: %s", delay, where, exc)
+            return delay
+        if failing:
+            logger.info("publishing to Redis recovered; %d alerts left in the spool", self.spooled)
+        self.backoff.reset()
+        if from_spool:
+            assert self.spool is not None
+            self.spool.pop()
+        else:
+            with self._condition:
+                if self._queue and self._queue[0] is message:
+                    self._queue.popleft()
+        self.published += 1
+        if self._on_published is not None:
+            try:
                 self._on_published(message)
+            except Exception:
+                logger.exception("alert listener failed on event %s", message.get("event_id"))
+        return None

@@ -9,7 +9,8 @@ produced. A message that reached Redis just before a crash, but whose offset was
 not yet saved, is sent again at the next start: consumers drop such duplicates by
 ``message_id``.
 
-One process at a time owns a spool folder (an advisory ``flock`` on ``lock``).
+One process at a time owns a spool folder (an advisory ``flock`` on ``lock``), and
+a lock inside makes one ``Spool`` safe to use from several threads.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import fcntl
 import json
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import IO, Any
 
@@ -59,9 +61,11 @@ class Spool:
             ) from None
         self._data_path = directory / DATA_FILE
         self._offset_path = directory / OFFSET_FILE
+        self._mutex = threading.Lock()
         self._offset = self._read_offset()
         self._data: IO[bytes] = self._data_path.open("a+b")
         self._drop_torn_tail()
+        self._check_offset()
         self._pending = self._count_pending()
         if self._pending:
             logger.info(
@@ -91,6 +95,24 @@ class Spool:
         self._data.truncate(keep)
         self._offset = min(self._offset, keep)
 
+    def _check_offset(self) -> None:
+        """Reset the offset to 0 when it lies past the end of the data file.
+
+        A crash between emptying the data file after the last delivery and saving the
+        new offset leaves such an offset, and everything before it was delivered.
+        """
+        size = self._data_path.stat().st_size
+        if self._offset > size:
+            logger.warning(
+                "alert spool %s: offset %d lies past the end of %s (%d bytes); reading from the start",
+                self.directory,
+                self._offset,
+                DATA_FILE,
+                size,
+            )
+            self._offset = 0
+            self._save_offset()
+
     def _count_pending(self) -> int:
         self._data.seek(self._offset)
         return sum(1 for line in self._data if line.strip())
@@ -103,38 +125,77 @@ class Spool:
         return self._data_path.stat().st_size - self._offset
 
     def append(self, message: dict[str, Any]) -> None:
-        """Write ``message`` at the end and fsync; raise ``SpoolFullError`` when it does not fit."""
+        """Write ``message`` at the end and fsync; raise ``SpoolFullError`` when it does not fit.
+
+        When the write fails (a full disk), the file is cut back to its old size, so
+        no partial line is left for a later read.
+        """
         line = json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
-        if self.size_bytes + len(line) > self.max_bytes:
-            raise SpoolFullError(
-                f"alert spool {self.directory} is full ({self.size_bytes} of {self.max_bytes} bytes); "
-                "restore Redis or raise alerts.spool_max_mb"
-            )
-        self._data.seek(0, os.SEEK_END)
-        self._data.write(line)
-        self._data.flush()
-        os.fsync(self._data.fileno())
-        self._pending += 1
+        with self._mutex:
+            if self.size_bytes + len(line) > self.max_bytes:
+                raise SpoolFullError(
+                    f"alert spool {self.directory} is full ({self.size_bytes} of {self.max_bytes} bytes); "
+                    "restore Redis or raise alerts.spool_max_mb"
+                )
+            end = self._data.seek(0, os.SEEK_END)
+            try:
+                self._data.write(line)
+                self._data.flush()
+                os.fsync(self._data.fileno())
+            except OSError:
+                self._truncate_to(end)
+                raise
+            self._pending += 1
+
+    def _truncate_to(self, end: int) -> None:
+        # Reopening drops whatever the failed write left in the file object's buffer.
+        self._data.close()
+        self._data = self._data_path.open("a+b")
+        self._data.truncate(end)
 
     def peek(self) -> dict[str, Any] | None:
-        """Return the oldest undelivered message, or None when the spool is empty."""
-        while self._pending:
-            self._data.seek(self._offset)
-            line = self._data.readline()
-            if not line:
-                self._pending = 0
-                return None
-            if line.strip():
-                return json.loads(line)
-            self._offset += len(line)
-        return None
+        """Return the oldest undelivered message, or None when the spool is empty.
+
+        An invalid JSON line (a damaged file) is logged and skipped.
+        """
+        with self._mutex:
+            while self._pending:
+                self._data.seek(self._offset)
+                line = self._data.readline()
+                if not line:
+                    logger.error(
+                        "alert spool %s: %d alerts counted but the file ends at offset %d",
+                        self.directory,
+                        self._pending,
+                        self._offset,
+                    )
+                    self._pending = 0
+                    return None
+                if not line.strip():
+                    self._offset += len(line)
+                    continue
+                try:
+                    return dict(json.loads(line))
+                except (ValueError, TypeError) as exc:
+                    logger.error(  # noqa: TRY400
+                        "alert spool %s: skipped an invalid JSON line at offset %d: %s",
+                        self.directory,
+                        self._offset,
+                        exc,
+                    )
+                    self._advance(len(line))
+            return None
 
     def pop(self) -> None:
         """Mark the oldest message delivered; the spool files shrink to nothing once all are."""
-        if not self._pending:
-            return
-        self._data.seek(self._offset)
-        self._offset += len(self._data.readline())
+        with self._mutex:
+            if not self._pending:
+                return
+            self._data.seek(self._offset)
+            self._advance(len(self._data.readline()))
+
+    def _advance(self, length: int) -> None:
+        self._offset += length
         self._pending -= 1
         if self._pending == 0:
             self._data.truncate(0)
@@ -147,6 +208,7 @@ class Spool:
         os.replace(partial, self._offset_path)
 
     def close(self) -> None:
-        self._data.close()
+        with self._mutex:
+            self._data.close()
         fcntl.flock(self._lock, fcntl.LOCK_UN)
         self._lock.close()

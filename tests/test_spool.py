@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 import redis
-from servers import RedisServer
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from servers import RedisServer, find_free_port
 
 from pipeline.alerts import AlertPublisher
 from pipeline.config import RedisConfig
@@ -81,6 +83,63 @@ def test_second_process_cannot_share_spool(tmp_path: Path) -> None:
         Spool(tmp_path, MB)
     first.close()
     Spool(tmp_path, MB).close()
+
+
+def test_offset_past_the_data_reads_from_the_start(tmp_path: Path) -> None:
+    # A crash after the data file was emptied but before the new offset was saved.
+    spool = Spool(tmp_path, MB)
+    spool.append(message(0))
+    spool.close()
+    (tmp_path / "spool.offset").write_text("4096")
+    (tmp_path / "spool.jsonl").write_bytes(b"")
+
+    reopened = Spool(tmp_path, MB)
+    assert len(reopened) == 0
+    reopened.append(message(1))
+    assert reopened.peek() == message(1)
+    reopened.pop()
+    assert reopened.peek() is None
+
+
+def test_invalid_line_is_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    spool = Spool(tmp_path, MB)
+    spool.append(message(0))
+    spool.close()
+    with (tmp_path / "spool.jsonl").open("ab") as handle:
+        handle.write(b"not json at all\n")
+    reopened = Spool(tmp_path, MB)
+    reopened.append(message(2))
+    assert len(reopened) == 3
+
+    seen = []
+    while (item := reopened.peek()) is not None:
+        seen.append(item["n"])
+        reopened.pop()
+    assert seen == [0, 2]
+    assert "skipped an invalid JSON line" in caplog.text
+    assert len(reopened) == 0
+
+
+def test_failed_append_leaves_no_partial_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spool = Spool(tmp_path, MB)
+    spool.append(message(0))
+    size = (tmp_path / "spool.jsonl").stat().st_size
+
+    def disk_full(_fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patched:
+        patched.setattr("pipeline.spool.os.fsync", disk_full)
+        with pytest.raises(OSError, match="No space left"):
+            spool.append(message(1))
+    assert (tmp_path / "spool.jsonl").stat().st_size == size
+    assert len(spool) == 1
+    spool.append(message(2))
+    seen = []
+    while (item := spool.peek()) is not None:
+        seen.append(item["n"])
+        spool.pop()
+    assert seen == [0, 2]
 
 
 def stream_messages(client: redis.Redis) -> list[dict[str, Any]]:
@@ -188,3 +247,44 @@ def test_publisher_delivers_while_other_thread_submits(tmp_path: Path, redis_ser
     delivered = stream_messages(redis.Redis.from_url(redis_server.url))
     for camera in ("a", "b"):
         assert [item["n"] for item in delivered if item["camera"] == camera] == list(range(50))
+
+
+def test_publisher_survives_a_failing_callback(tmp_path: Path, redis_server: RedisServer) -> None:
+    delivered: list[int] = []
+
+    def flaky(sent: dict[str, Any]) -> None:
+        delivered.append(sent["n"])
+        if sent["n"] == 1:
+            raise RuntimeError("listener bug")
+
+    client = redis.Redis.from_url(redis_server.url, socket_timeout=1)
+    publisher = AlertPublisher(
+        RedisConfig(), client, backoff=ExponentialBackoff(initial=0.05, maximum=0.1), on_published=flaky
+    )
+    publisher.start()
+    for index in range(4):
+        publisher.submit(message(index))
+    assert publisher.close(timeout=10)
+    assert delivered == [0, 1, 2, 3]
+    assert [item["n"] for item in stream_messages(client)] == [0, 1, 2, 3]
+
+
+def test_new_alerts_do_not_cut_the_retry_wait_short(tmp_path: Path) -> None:
+    # Nothing listens on this port and the client does not retry, so every attempt fails at once.
+    client = redis.Redis(host="127.0.0.1", port=find_free_port(), retry=Retry(NoBackoff(), 0))
+    failures = []
+    publisher = AlertPublisher(
+        RedisConfig(),
+        client,
+        backoff=ExponentialBackoff(initial=1.0, maximum=1.0, jitter=0.0),
+        on_failure=lambda: failures.append(time.monotonic()),
+        spool=Spool(tmp_path, MB),
+    )
+    publisher.start()
+    for index in range(20):
+        publisher.submit(message(index))
+        time.sleep(0.02)
+    time.sleep(0.3)
+    assert len(failures) == 1, "each new alert started another attempt during the retry wait"
+    assert not publisher.close(timeout=2)
+    assert publisher.spooled == 20
