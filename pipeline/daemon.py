@@ -36,6 +36,8 @@ from pipeline.streams import FrameSlot, Overflow, ReaderState, StreamReader, is_
 logger = logging.getLogger(__name__)
 
 STATS_INTERVAL_S = 2.0
+# Pause after an unexpected error in the processing loop, so a repeating fault cannot spin.
+ERROR_PAUSE_S = 0.5
 
 
 @dataclass
@@ -218,29 +220,47 @@ class Daemon:
 
     def _process_loop(self) -> None:
         while not self._stop.is_set():
-            batch = self.scheduler.next_batch(self._stop)
-            if batch:
-                try:
-                    self._process_batch(batch)
-                except Exception:
-                    # One bad batch must not end all cameras; the traceback shows what broke.
-                    logger.exception(
-                        "processing failed for a batch of %d frames (cameras: %s)",
-                        len(batch),
-                        ", ".join(sorted({frame.camera for frame in batch})),
-                    )
-            if time.monotonic() - self._last_stats >= STATS_INTERVAL_S:
-                self._update_stats()
-                malloc.trim()
-                # A newly published model is taken up even while no track needs a score.
-                if self.scorer is not None:
-                    self.scorer.swap_if_reloaded()
+            try:
+                self._process_next()
+            except Exception:
+                # The stats, a model swap or the motion gate failed: log it and keep the cameras going.
+                logger.exception("processing loop failed; continuing")
+                self._stop.wait(ERROR_PAUSE_S)
+
+    def _process_next(self) -> None:
+        batch = self.scheduler.next_batch(self._stop)
+        if batch:
+            try:
+                self._process_batch(batch)
+            except Exception:
+                # One bad batch must not end all cameras; the traceback shows what broke.
+                logger.exception(
+                    "processing failed for a batch of %d frames (cameras: %s)",
+                    len(batch),
+                    ", ".join(sorted({frame.camera for frame in batch})),
+                )
+        if time.monotonic() - self._last_stats >= STATS_INTERVAL_S:
+            self._update_stats()
+            malloc.trim()
+            # A newly published model is taken up even while no track needs a score.
+            if self.scorer is not None:
+                self.scorer.swap_if_reloaded()
 
     def _process_batch(self, batch: list[Frame]) -> None:
         result = self.processor.process(batch)
         self._observe(result)
         for event, frame in result.events:
-            self._emit(event, frame)
+            try:
+                self._emit(event, frame)
+            except Exception:
+                # The other events of the batch are still published.
+                logger.exception(
+                    "camera %s: event %s (%s, %s) could not be published",
+                    event.camera,
+                    event.id,
+                    event.rule,
+                    event.state,
+                )
 
     def _observe(self, result: BatchResult) -> None:
         self.metrics.detector_batch_ms.observe(result.detector_ms)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import json
 import logging
 import signal
 import subprocess
@@ -28,6 +29,8 @@ from servers import RedisServer, RtspServer, find_free_port
 from pipeline.config import parse_config
 from pipeline.daemon import Daemon
 from pipeline.errors import StreamOpenError
+from pipeline.processing import BatchResult
+from pipeline.records import Event, Frame
 from pipeline.streams.reader import classify_open_error
 
 REPO = Path(__file__).resolve().parents[1]
@@ -385,3 +388,76 @@ def test_pickled_weights_outside_model_folder_warn(tmp_path: Path, caplog: pytes
     assert not warn_if_untrusted_pickle(str(own), str(own), trusted)
     assert not warn_if_untrusted_pickle("package:fall_detection/models/best.pt", str(stray), None)
     assert not warn_if_untrusted_pickle(str(tmp_path / "w.onnx"), str(tmp_path / "w.onnx"), None)
+
+
+def idle_daemon(redis_url: str, tmp_path: Path) -> Daemon:
+    """Return a daemon with one disabled camera and no detector, for driving its loop by hand."""
+    cameras = {"ward": {"url": "ward.mp4", "enabled": False}}
+    return Daemon(parse_config(base_config(cameras, redis_url, tmp_path), env={}), detector=object())  # type: ignore[arg-type]
+
+
+def fall_event(event_id: str) -> Event:
+    return Event(
+        id=event_id,
+        camera="ward",
+        rule="fall",
+        rule_type="fall",
+        label="fall",
+        severity="critical",
+        state="started",
+        started_at=time.time(),
+        ended_at=None,
+        track_ids=(1,),
+        zone=None,
+        scores={"fall": 0.9},
+        box=(10.0, 10.0, 50.0, 40.0),
+    )
+
+
+def test_one_failing_event_does_not_drop_the_batch(
+    tmp_path: Path, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    daemon = idle_daemon(redis_server.url, tmp_path)
+    frame = Frame("ward", 1, 0.0, time.time(), np.full((60, 80, 3), 90, np.uint8))
+    batch = BatchResult(
+        events=[(fall_event("bad"), frame), (fall_event("good"), frame)], tracked=[], detector_ms=1.0
+    )
+    monkeypatch.setattr(daemon.processor, "process", lambda frames: batch)
+    describe = daemon.describer.describe
+
+    def failing_describe(event: Event) -> dict[str, str]:
+        if event.id == "bad":
+            raise ValueError("template bug")
+        return describe(event)
+
+    monkeypatch.setattr(daemon.describer, "describe", failing_describe)
+    daemon.publisher.start()
+    daemon._process_batch([frame])
+    assert daemon.publisher.close(timeout=5)
+    delivered = [
+        json.loads(fields[b"alert"])["event_id"]
+        for _id, fields in redis.Redis.from_url(redis_server.url).xrange("vigil:events")
+    ]
+    assert delivered == ["good"]
+
+
+def test_processing_loop_survives_a_failing_step(
+    tmp_path: Path, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    daemon = idle_daemon(redis_server.url, tmp_path)
+    calls: list[float] = []
+
+    def flaky_stats() -> None:
+        calls.append(time.monotonic())
+        daemon._last_stats = time.monotonic()
+        if len(calls) == 1:
+            raise RuntimeError("stats bug")
+
+    monkeypatch.setattr(daemon, "_update_stats", flaky_stats)
+    monkeypatch.setattr("pipeline.daemon.STATS_INTERVAL_S", 0.2)
+    daemon.start()
+    try:
+        assert wait_for(lambda: len(calls) >= 3, 10), "the processing loop stopped after an error"
+        assert daemon._processor.is_alive()
+    finally:
+        daemon.stop()
