@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import http.server
 import itertools
 import threading
 import time
 from pathlib import Path
 
+import av
+import numpy as np
 from servers import RtspServer
 
 from pipeline.config import CameraConfig
@@ -127,6 +130,62 @@ def test_missing_file_backs_off_with_clear_error(tmp_path: Path) -> None:
     assert ReaderState.BACKOFF in states.seen
     assert "camera 'yard'" in states.errors[0]
     assert "not_found" in states.errors[0]
+
+
+class HeaderOnlyServer(http.server.ThreadingHTTPServer):
+    """HTTP server that sends the first three packets of an MPEG-TS clip: the stream opens, no frame follows."""
+
+    def __init__(self, clip: Path) -> None:
+        super().__init__(("127.0.0.1", 0), _HeaderOnlyHandler)
+        self.payload = clip.read_bytes()[: 3 * 188]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/cam.ts"
+
+
+class _HeaderOnlyHandler(http.server.BaseHTTPRequestHandler):
+    server: HeaderOnlyServer
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.server.payload)))
+        self.end_headers()
+        self.wfile.write(self.server.payload)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def mpegts_clip(target: Path) -> Path:
+    with av.open(str(target), "w", format="mpegts") as container:
+        stream = container.add_stream("mpeg2video", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for index in range(20):
+            image = np.full((48, 64, 3), index * 10, np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return target
+
+
+def test_source_without_frames_keeps_backing_off(tmp_path: Path) -> None:
+    server = HeaderOnlyServer(mpegts_clip(tmp_path / "clip.ts"))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    backoff = NoBackoff()
+    reader = StreamReader("gate", camera(server.url, open_timeout_s=3), Collector(), backoff=backoff)
+    reader.start()
+    try:
+        assert wait_for(lambda: backoff.calls >= 3, 20), "the reader did not retry"
+    finally:
+        reader.stop()
+        reader.join(5)
+        server.shutdown()
+        server.server_close()
+    # The connection opened each time but no frame came, so the delay must keep growing.
+    assert backoff.resets == 0
+    assert reader.frames_read == 0
 
 
 def test_rtsp_reads_and_reconnects(person_clip: Path) -> None:

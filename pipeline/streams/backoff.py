@@ -57,14 +57,15 @@ class ExponentialBackoff:
 
 
 class NoBackoff:
-    """Zero-sleep backoff for tests; counts the delays it was asked for."""
+    """Zero-sleep backoff for tests; counts the delays it was asked for and the resets."""
 
     def __init__(self) -> None:
         self.calls = 0
+        self.resets = 0
 
     def next_delay(self) -> float:
         self.calls += 1
         return 0.0
 
     def reset(self) -> None:
-        pass
+        self.resets += 1

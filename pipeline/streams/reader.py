@@ -236,10 +236,15 @@ class StreamReader:
     def _read_once(self) -> None:
         """Open the source and read until it ends or fails."""
         container = self._open()
+        frames = 0
         try:
             self._set_state(ReaderState.STREAMING)
-            self.backoff.reset()
             for frame in self._decode(container):
+                frames += 1
+                if frames == 1:
+                    # Only a source that delivers frames counts as healthy; one that
+                    # accepts the connection and then fails keeps backing off.
+                    self.backoff.reset()
                 # Under the WAIT policy put() blocks while the pipeline is busy; retry in
                 # short steps so that stop() is noticed.
                 while not self.slot.put(frame, timeout=0.5):
@@ -253,6 +258,8 @@ class StreamReader:
             raise StreamStalledError(self.camera, "the server ended the stream")
         if not self.config.loop:
             raise StreamEndedError(self.camera, "end of file")
+        if frames == 0:
+            raise StreamError(self.camera, "no frame decoded from the file; check that it is a complete video")
         self._set_state(ReaderState.CONNECTING)
 
     def _check_complete(
