@@ -261,6 +261,24 @@ def test_broken_model_folder_keeps_current(tmp_path: Path) -> None:
     assert scorer.score([falling()])[0]["fall"] >= 0
 
 
+def test_model_that_fails_to_build_is_tried_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "models"
+    scorer = FusionScorer(FusionConfig(model_dir=root), device="cpu")
+    save_model(prefix_model(visual_dim=0), root, version="20261204-100000")
+    attempts = []
+
+    def out_of_memory(folder: Path, device: str = "cpu") -> FusionModel:
+        attempts.append(folder.name)
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr("pipeline.fusion.store.load_model", out_of_memory)
+    assert scorer._watcher is not None
+    assert not scorer._watcher.check()
+    assert not scorer._watcher.check()
+    assert attempts == ["20261204-100000"]
+    assert scorer.version == "zero-shot"
+
+
 def test_zero_shot_scorer_loads_first_model(tmp_path: Path) -> None:
     root = tmp_path / "models"
     scorer = FusionScorer(FusionConfig(model_dir=root), device="cpu")

@@ -174,6 +174,14 @@ class ModelWatcher:
                 exc,
             )
             return False
+        except Exception:
+            # Building the model failed (out of memory, say): loading it again at every
+            # poll would rebuild the whole encoder each time, so wait for a newer version.
+            self._failed.add(folder.name)
+            logger.exception(
+                "fusion model %s not loaded, keeping %s", folder.name, self.current or "the current model"
+            )
+            return False
         with self._lock:
             self._ready = model
         self.current = folder.name
