@@ -259,7 +259,9 @@ class StreamReader:
         if not self.config.loop:
             raise StreamEndedError(self.camera, "end of file")
         if frames == 0:
-            raise StreamError(self.camera, "no frame decoded from the file; check that it is a complete video")
+            raise StreamError(
+                self.camera, "no frame decoded from the file; check that it is a complete video"
+            )
         self._set_state(ReaderState.CONNECTING)
 
     def _check_complete(
