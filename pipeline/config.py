@@ -343,7 +343,11 @@ class AlertsConfig(StrictModel):
     jpeg_quality: int = Field(default=85, ge=10, le=100)
     language: Literal["en", "zh"] = Field(default="en", description="Language of the alert's 'text' field.")
     queue_size: int = Field(default=1000, ge=1, le=1_000_000)
-    publish_updates: bool = True
+    publish_updates: bool = Field(
+        default=True,
+        description="Publish the 'updated' messages of running events. Vision-language descriptions are "
+        "published either way.",
+    )
     spool_dir: Path | None = Field(
         default=Path("spool"),
         description="Folder where alerts wait on disk while Redis is unreachable; null keeps them in memory only.",
