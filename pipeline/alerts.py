@@ -168,6 +168,7 @@ class AlertPublisher:
         self._queue_size = queue_size
         self._condition = threading.Condition()
         self._stop = False
+        self._closed = False
         self._on_published = on_published
         self._on_failure = on_failure
         self._on_drop = on_drop
@@ -184,20 +185,26 @@ class AlertPublisher:
 
     def submit(self, message: dict[str, Any]) -> None:
         with self._condition:
+            if self._closed:
+                # For example a vision-language reply after shutdown, which no thread would send.
+                self._drop(message, "the publisher is closed")
+                return
             if len(self._queue) >= self._queue_size:
-                lost = self._queue.popleft()
-                self.dropped += 1
-                logger.error(
-                    "alert queue full (%d): dropped event %s (%s) of camera %s",
-                    self._queue_size,
-                    lost["event_id"],
-                    lost["state"],
-                    lost["camera"],
-                )
-                if self._on_drop is not None:
-                    self._on_drop(lost)
+                self._drop(self._queue.popleft(), f"the alert queue is full ({self._queue_size})")
             self._queue.append(message)
             self._condition.notify()
+
+    def _drop(self, message: dict[str, Any], reason: str) -> None:
+        self.dropped += 1
+        logger.error(
+            "alert of event %s (%s, camera %s) lost: %s",
+            message["event_id"],
+            message["state"],
+            message["camera"],
+            reason,
+        )
+        if self._on_drop is not None:
+            self._on_drop(message)
 
     @property
     def spooled(self) -> int:
@@ -225,6 +232,8 @@ class AlertPublisher:
                 self.spool.close()
         if left:
             logger.error("publisher stopped with %d alerts not delivered", left)
+        with self._condition:
+            self._closed = True
         return left == 0 and self.spooled == 0
 
     def _spool_queue(self) -> None:
@@ -237,16 +246,7 @@ class AlertPublisher:
             try:
                 self.spool.append(message)
             except (SpoolFullError, OSError) as exc:
-                self.dropped += 1
-                logger.error(  # noqa: TRY400
-                    "alert of event %s (%s, camera %s) lost: %s",
-                    message["event_id"],
-                    message["state"],
-                    message["camera"],
-                    exc,
-                )
-                if self._on_drop is not None:
-                    self._on_drop(message)
+                self._drop(message, str(exc))
 
     def _send(self, message: dict[str, Any]) -> None:
         payload = json.dumps(message, ensure_ascii=False)
@@ -273,7 +273,7 @@ class AlertPublisher:
             message = self.spool.peek() if self.spool is not None else None
             if message is not None:
                 return message, True
-            # Only damaged lines were left in the spool; they were skipped, look again.
+            # The spool contained only invalid lines, which peek() skipped, so look again.
 
     def _pause(self, delay: float) -> None:
         """Sleep ``delay`` seconds or until ``close``; new messages do not cut the wait short."""
@@ -291,8 +291,8 @@ class AlertPublisher:
                     return
                 retry_in = self._deliver(*found, failing=failing)
             except Exception:
-                # A damaged spool or a failing callback must not end delivery for good.
-                logger.exception("alert publisher failed")
+                # An invalid spool or another unexpected error must not end delivery for good.
+                logger.exception("alert publisher failed; retrying")
                 retry_in = self.backoff.next_delay()
             failing = retry_in is not None
             if retry_in is not None:

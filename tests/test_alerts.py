@@ -182,3 +182,19 @@ def test_publisher_full_queue_drops_oldest_and_counts() -> None:
     assert dropped == ["e0", "e1"]
     assert publisher.dropped == 2
     assert len(publisher) == 3
+
+
+def test_publisher_logs_alerts_submitted_after_close(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    dropped: list[str] = []
+    publisher = AlertPublisher(
+        RedisConfig(), redis.Redis.from_url(redis_server.url), on_drop=lambda m: dropped.append(m["event_id"])
+    )
+    publisher.start()
+    publisher.submit(alert_message(make_event(id="before")))
+    assert publisher.close(timeout=5)
+    publisher.submit(alert_message(make_event(id="late", state="updated")))
+    assert dropped == ["late"]
+    assert publisher.dropped == 1
+    assert "alert of event late (updated, camera gate) lost: the publisher is closed" in caplog.text
