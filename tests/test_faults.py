@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import redis
 import yaml
+from events import fall_event
 from servers import RedisServer, RtspServer, find_free_port
 
 from pipeline.config import parse_config
@@ -394,24 +395,6 @@ def idle_daemon(redis_url: str, tmp_path: Path) -> Daemon:
     """Return a daemon with one disabled camera and no detector, for driving its loop by hand."""
     cameras = {"ward": {"url": "ward.mp4", "enabled": False}}
     return Daemon(parse_config(base_config(cameras, redis_url, tmp_path), env={}), detector=object())  # type: ignore[arg-type]
-
-
-def fall_event(event_id: str) -> Event:
-    return Event(
-        id=event_id,
-        camera="ward",
-        rule="fall",
-        rule_type="fall",
-        label="fall",
-        severity="critical",
-        state="started",
-        started_at=time.time(),
-        ended_at=None,
-        track_ids=(1,),
-        zone=None,
-        scores={"fall": 0.9},
-        box=(10.0, 10.0, 50.0, 40.0),
-    )
 
 
 def test_one_failing_event_does_not_drop_the_batch(

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import redis
+from events import fall_event
 from servers import RedisServer
 
 from pipeline.config import VlmConfig, parse_config
@@ -94,24 +95,6 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = 5.0) -> bool:
     return condition()
 
 
-def started_event() -> Event:
-    return Event(
-        id="e1" * 16,
-        camera="ward",
-        rule="fall",
-        rule_type="fall",
-        label="fall",
-        severity="critical",
-        state="started",
-        started_at=time.time(),
-        ended_at=None,
-        track_ids=(3,),
-        zone=None,
-        scores={"fall": 0.93},
-        box=(10.0, 10.0, 50.0, 40.0),
-    )
-
-
 def test_slow_endpoint_does_not_delay_alert(
     endpoint: SlowChatEndpoint, redis_server: RedisServer, tmp_path: Path
 ) -> None:
@@ -137,7 +120,7 @@ def test_slow_endpoint_does_not_delay_alert(
     try:
         frame = Frame("ward", 1, 0.0, time.time(), np.full((60, 80, 3), 90, np.uint8))
         submitted = time.monotonic()
-        daemon._emit(started_event(), frame)
+        daemon._emit(fall_event(), frame)
         first = subscriber.get_message(timeout=ENDPOINT_DELAY_S / 2)
         assert first is not None, "the alert waited for the vision-language endpoint"
         first_after = time.monotonic() - submitted
@@ -193,9 +176,9 @@ def test_worker_survives_failing_callback(fast_endpoint: SlowChatEndpoint) -> No
     describer = VlmDescriber(config, on_text)
     describer.start()
     try:
-        assert describer.submit(started_event(), None)
+        assert describer.submit(fall_event(), None)
         assert wait_until(lambda: describer.failed == 1)
-        assert describer.submit(started_event(), None)
+        assert describer.submit(fall_event(), None)
         assert wait_until(lambda: describer.answered == 1)
     finally:
         describer.stop()
@@ -209,7 +192,7 @@ def test_reply_without_texts_counts_failed(empty_endpoint: SlowChatEndpoint) -> 
     describer = VlmDescriber(config, lambda event, texts: received.append(texts))
     describer.start()
     try:
-        assert describer.submit(started_event(), None)
+        assert describer.submit(fall_event(), None)
         assert wait_until(lambda: describer.failed == 1)
     finally:
         describer.stop()
@@ -232,5 +215,5 @@ def test_submit_after_stop_is_skipped() -> None:
     describer = VlmDescriber(config, lambda event, texts: None)
     describer.start()
     describer.stop()
-    assert not describer.submit(started_event(), None)
+    assert not describer.submit(fall_event(), None)
     assert describer.skipped == 1
