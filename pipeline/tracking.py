@@ -97,6 +97,9 @@ class CameraTracker:
         self._names: dict[int, str] = {}
         # ByteTrack id -> (Vigil track id, stream time it was last used).
         self._aliases: dict[int, tuple[int, float]] = {}
+        # Vigil numbers its own tracks: a ByteTrack id can return on another person
+        # while its old track lives on under a joined id, so it is not reused as is.
+        self._next_id = 1
 
     def _new_tracker(self) -> BYTETracker:
         args = types.SimpleNamespace(
@@ -170,7 +173,11 @@ class CameraTracker:
             self._aliases[raw] = (alias[0], now)
         for index, raw, unseen in new_rows:
             target = self._lost_track_for(boxes[index], now, used) if unseen else None
-            track_id = raw if target is None else target
+            if target is None:
+                track_id = self._next_id
+                self._next_id += 1
+            else:
+                track_id = target
             linked[index] = track_id
             used.add(track_id)
             self._aliases[raw] = (track_id, now)

@@ -64,6 +64,30 @@ def test_max_tracks_caps_state() -> None:
     assert len(tracker.tracks) <= 3
 
 
+def test_returning_bytetrack_id_gets_a_new_track() -> None:
+    # ByteTrack loses id 3 and starts id 5 on the same person, which Vigil joins back to
+    # that person's track. When id 3 then returns on someone else, the two people must
+    # not share one track.
+    tracker = CameraTracker("gate", TrackingConfig(), frame_rate=10)
+    first = tracker._link(np.array([3]), np.array([[100.0, 100, 150, 250]]), 0.0)
+    tracker._record(Frame("gate", 1, 0.0, time.time(), IMAGE), tracked(first, (100, 100, 150, 250)))
+    joined = tracker._link(np.array([5]), np.array([[105.0, 100, 155, 250]]), 0.1)
+    assert joined.tolist() == first.tolist()
+    both = tracker._link(np.array([5, 3]), np.array([[110.0, 100, 160, 250], [600, 100, 650, 250]]), 0.2)
+    assert both[0] == first[0]
+    assert both[1] != first[0]
+
+
+def tracked(track_ids: np.ndarray, *boxes: tuple[float, float, float, float]) -> Detections:
+    return Detections.from_arrays(
+        xyxy=np.array(boxes, dtype=np.float32).reshape(-1, 4),
+        confidence=np.full(len(boxes), 0.9),
+        class_id=np.zeros(len(boxes)),
+        names={0: "person"},
+        track_id=track_ids,
+    )
+
+
 def test_person_walking_towards_camera_keeps_one_track(person_clip: Path) -> None:
     """At 5 fps the first person of the clip grows fast; ByteTrack alone splits them in two."""
     detector = YoloDetector(DetectorConfig(imgsz=320))
