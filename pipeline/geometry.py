@@ -32,9 +32,13 @@ def side_of_line(point: Point, start: Point, end: Point) -> float:
 
 
 def segments_intersect(a1: Point, a2: Point, b1: Point, b2: Point) -> bool:
-    """Return True when segment ``a1-a2`` properly crosses segment ``b1-b2``."""
+    """Return True when the step ``a1 -> a2`` crosses from one side of segment ``b1-b2`` to the other.
+
+    A point exactly on the line counts as being on its left, so a step onto the line
+    and the next step off it make one crossing, not zero.
+    """
     d1 = side_of_line(a1, b1, b2)
     d2 = side_of_line(a2, b1, b2)
     d3 = side_of_line(b1, a1, a2)
     d4 = side_of_line(b2, a1, a2)
-    return (d1 * d2 < 0) and (d3 * d4 < 0)
+    return (d1 > 0) != (d2 > 0) and d3 * d4 <= 0

@@ -213,6 +213,15 @@ def test_line_crossing_cooldown() -> None:
     assert len(scene.events) == 2
 
 
+def test_line_crossing_through_a_point_on_the_line() -> None:
+    # Steps onto the line and off it again: one crossing each way, not zero and not two.
+    scene = crossing_scene("both")
+    for step, x in enumerate([0.3, 0.5, 0.7, 0.5, 0.3]):
+        scene.step(step * 10.0, {1: (x, 0.5)})
+    directions = [event.details["direction"] for event in scene.events]
+    assert directions == ["right_to_left", "left_to_right"]
+
+
 def test_line_crossing_outside_segment_is_ignored() -> None:
     rules = {"short": {"type": "line_crossing", "line": "door"}}
     scene = Scene(engine_for(rules, zones={}, lines={"door": {"points": [[0.5, 0.0], [0.5, 0.3]]}}))
