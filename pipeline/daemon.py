@@ -195,6 +195,8 @@ class Daemon:
         for runtime in self.cameras.values():
             runtime.reader.stop()
         self._processor.join(max(0.1, deadline - time.monotonic()))
+        if not self._processor.is_alive():
+            self._end_active_events()
         for runtime in self.cameras.values():
             if not runtime.reader.join(max(0.05, min(1.0, deadline - time.monotonic()))):
                 logger.warning("camera %s: reader still blocked at shutdown", runtime.camera)
@@ -208,6 +210,18 @@ class Daemon:
             "daemon stopped: %d events, %d alerts published", self.events_emitted, self.publisher.published
         )
 
+    def _end_active_events(self) -> None:
+        """Publish ``ended`` for every event still active, so that no event is left open by a stop."""
+        now = time.time()
+        for pipeline in self.processor.cameras.values():
+            for event in pipeline.rules.end_all(now):
+                try:
+                    self._emit(event, None)
+                except Exception:
+                    logger.exception(
+                        "camera %s: ended message of event %s could not be published", event.camera, event.id
+                    )
+
     def wait(self, duration: float | None = None) -> None:
         """Block until ``stop()`` is called or ``duration`` seconds have passed."""
         self._stop.wait(duration)
@@ -216,6 +230,10 @@ class Daemon:
         runtime = self.cameras[frame.camera]
         runtime.processed += 1
         self.metrics.frames_processed.labels(camera=frame.camera).inc()
+        if frame.restarted:
+            # After a reconnect or a file loop, the tracks from before are no longer valid.
+            for event in self.processor.restart(frame):
+                self._emit(event, frame)
         return self.processor.admit(frame)
 
     def _process_loop(self) -> None:
@@ -280,9 +298,10 @@ class Daemon:
                 "camera %s frame %d: %d tracked boxes, %d tracks", frame.camera, frame.seq, len(tracked), live
             )
 
-    def _emit(self, event: Event, frame: Frame) -> None:
+    def _emit(self, event: Event, frame: Frame | None) -> None:
+        """Describe and publish ``event``; ``frame`` is needed for the snapshot of a started event."""
         snapshot = event.snapshot
-        if event.state == "started":
+        if event.state == "started" and frame is not None:
             try:
                 snapshot = self.snapshots.write(event, frame)
             except OSError:

@@ -95,6 +95,15 @@ class Processor:
         self.cameras[camera_id] = pipeline
         return pipeline
 
+    def restart(self, frame: Frame) -> list[Event]:
+        """Start the frame's camera afresh: end its active events and forget its tracks."""
+        pipeline = self.cameras[frame.camera]
+        ended = pipeline.rules.end_all(frame.captured_at)
+        pipeline.tracker.reset()
+        if pipeline.cues is not None:
+            pipeline.cues.retain(())
+        return ended
+
     def admit(self, frame: Frame) -> bool:
         """Feed the frame to its camera's motion gate; True when the detector should see it."""
         pipeline = self.cameras[frame.camera]

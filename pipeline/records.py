@@ -22,7 +22,9 @@ class Frame:
     presentation timestamps and keeps increasing across file loops and reconnects,
     so rules can measure durations with it. ``captured_at`` is the wall-clock time
     (``time.time()``) when the reader received the frame; frame age is measured
-    from it. ``image`` is H x W x 3 uint8 BGR and is made read-only.
+    from it. ``image`` is H x W x 3 uint8 BGR and is made read-only. ``restarted``
+    is True on the first frame after the source was opened, reopened or looped:
+    the scene may jump there, so tracks and events do not carry over.
     """
 
     camera: str
@@ -30,6 +32,7 @@ class Frame:
     timestamp: float
     captured_at: float
     image: npt.NDArray[np.uint8]
+    restarted: bool = False
 
     def __post_init__(self) -> None:
         image = self.image

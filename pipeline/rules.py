@@ -106,6 +106,16 @@ class EventLifecycle:
         self._quiet_until[key] = frame.timestamp + self.rule.cooldown_s
         return entry.event.with_updates(state="ended", ended_at=frame.captured_at)
 
+    def end_all(self, ended_at: float) -> list[Event]:
+        """End every active event at wall-clock time ``ended_at``, without a cooldown.
+
+        For a stream that starts again and for a daemon that stops: the tracks of
+        these events are gone, so their keys will not come back.
+        """
+        ended = [entry.event.with_updates(state="ended", ended_at=ended_at) for entry in self.active.values()]
+        self.active.clear()
+        return ended
+
     def end_expired(
         self, frame: Frame, grace_s: float, live_keys: Iterable[Hashable] | None = None
     ) -> list[Event]:
@@ -455,3 +465,7 @@ class RuleEngine:
 
     def active_events(self) -> int:
         return sum(len(rule.lifecycle.active) for rule in self.rules)
+
+    def end_all(self, ended_at: float) -> list[Event]:
+        """End the active events of every rule; see ``EventLifecycle.end_all``."""
+        return [event for rule in self.rules for event in rule.lifecycle.end_all(ended_at)]

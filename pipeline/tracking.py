@@ -232,5 +232,11 @@ class CameraTracker:
             for track in oldest:
                 del self.tracks[track.track_id]
 
+    def reset(self) -> None:
+        """Forget every track, for a stream that starts again; new tracks keep getting new ids."""
+        self._tracker = self._new_tracker()
+        self.tracks.clear()
+        self._aliases.clear()
+
     def live_tracks(self) -> list[Track]:
         return list(self.tracks.values())

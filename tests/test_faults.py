@@ -6,6 +6,7 @@ a small HTTP server that serves random bytes as if they were a camera.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import http.server
 import json
@@ -33,6 +34,7 @@ from pipeline.errors import StreamOpenError
 from pipeline.processing import BatchResult
 from pipeline.records import Event, Frame
 from pipeline.streams.reader import classify_open_error
+from pipeline.tracking import Track, TrackPoint
 
 REPO = Path(__file__).resolve().parents[1]
 CAMERA_PASSWORD = "cam-s3cret!"
@@ -444,3 +446,54 @@ def test_processing_loop_survives_a_failing_step(
         assert daemon._processor.is_alive()
     finally:
         daemon.stop()
+
+
+def zone_daemon(redis_url: str, tmp_path: Path) -> Daemon:
+    """Return a daemon whose one camera has a zone over the whole frame and reads a missing file."""
+    whole = [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]
+    cameras = {
+        "ward": {
+            "url": str(tmp_path / "missing.mp4"),
+            "zones": {"room": {"polygon": whole}},
+            "rules": {"entered": {"type": "zone_intrusion", "zone": "room"}},
+        }
+    }
+    return Daemon(parse_config(base_config(cameras, redis_url, tmp_path), env={}), detector=object())  # type: ignore[arg-type]
+
+
+def start_intrusion(daemon: Daemon) -> Event:
+    """Put a track in the camera's zone through its rule engine; return the started event."""
+    frame = Frame("ward", 1, 1.0, time.time(), np.zeros((48, 64, 3), np.uint8))
+    track = Track(
+        7, 1.0, collections.deque([TrackPoint(1.0, 0.5, 0.5, (20.0, 10.0, 40.0, 40.0), "person", 0.9)])
+    )
+    (started,) = daemon.processor.cameras["ward"].rules.evaluate(frame, [track])
+    return started
+
+
+def published(redis_url: str) -> list[tuple[str, str]]:
+    entries = redis.Redis.from_url(redis_url).xrange("vigil:events")
+    return [
+        (json.loads(fields[b"alert"])["event_id"], json.loads(fields[b"alert"])["state"])
+        for _id, fields in entries
+    ]
+
+
+def test_restarted_stream_ends_active_events(tmp_path: Path, redis_server: RedisServer) -> None:
+    daemon = zone_daemon(redis_server.url, tmp_path)
+    started = start_intrusion(daemon)
+    daemon.publisher.start()
+    frame = Frame("ward", 2, 600.0, time.time(), np.zeros((48, 64, 3), np.uint8), restarted=True)
+    daemon._admit(frame)
+    assert daemon.publisher.close(timeout=5)
+    assert published(redis_server.url) == [(started.id, "ended")]
+    assert daemon.processor.cameras["ward"].rules.active_events() == 0
+    assert daemon.processor.cameras["ward"].tracker.tracks == {}
+
+
+def test_stop_ends_active_events(tmp_path: Path, redis_server: RedisServer) -> None:
+    daemon = zone_daemon(redis_server.url, tmp_path)
+    daemon.start()
+    started = start_intrusion(daemon)
+    daemon.stop()
+    assert published(redis_server.url) == [(started.id, "ended")]

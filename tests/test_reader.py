@@ -79,6 +79,11 @@ def test_file_loop_keeps_time_increasing(fall_clip: Path) -> None:
     timestamps = [f.timestamp for f in slot.frames]
     assert all(b > a for a, b in itertools.pairwise(timestamps)), "stream time must not jump back at a loop"
     assert timestamps[-1] > 12.0, "more than one pass of a 7 s clip"
+    # Each pass starts with a frame marked restarted, so tracks do not jump back to the start.
+    starts = [index for index, frame in enumerate(slot.frames) if frame.restarted]
+    assert starts[0] == 0
+    assert len(starts) >= 2
+    assert all(b - a > 50 for a, b in itertools.pairwise(starts))
 
 
 def test_fps_limit(fall_clip: Path) -> None:

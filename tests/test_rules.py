@@ -90,6 +90,25 @@ def test_intrusion_is_one_alert_per_visit() -> None:
     assert ended.ended_at == WALL_START + 5.2
 
 
+def test_end_all_closes_every_active_event() -> None:
+    rules = {
+        "dock-intrusion": {"type": "zone_intrusion", "zone": "dock"},
+        "linger": {"type": "loitering", "zone": "dock", "dwell_s": 1},
+    }
+    scene = Scene(engine_for(rules))
+    for i in range(15):
+        scene.step(i * 0.1, {1: INSIDE, 2: INSIDE})
+    assert sorted(scene.states()) == [("dock-intrusion", "started")] * 2 + [("linger", "started")] * 2
+    ended = scene.engine.end_all(WALL_START + 99.0)
+    assert (
+        sorted((event.rule, event.state) for event in ended)
+        == [("dock-intrusion", "ended")] * 2 + [("linger", "ended")] * 2
+    )
+    assert {event.id for event in ended} == {event.id for event in scene.events}
+    assert all(event.ended_at == WALL_START + 99.0 for event in ended)
+    assert scene.engine.active_events() == 0
+
+
 def test_intrusion_cooldown_then_new_alert() -> None:
     rules = {
         "dock-intrusion": {"type": "zone_intrusion", "zone": "dock", "exit_grace_s": 0.0, "cooldown_s": 10}

@@ -306,6 +306,7 @@ class StreamReader:
         last_emitted = -1e9
         last_progress = time.monotonic()
         decoded_frames = 0
+        emitted = 0
         try:
             for decoded in container.decode(stream):
                 decoded_frames += 1
@@ -342,7 +343,9 @@ class StreamReader:
                     timestamp=timestamp,
                     captured_at=self.last_frame_at,
                     image=cast("npt.NDArray[np.uint8]", decoded.to_ndarray(format="bgr24")),
+                    restarted=emitted == 0,
                 )
+                emitted += 1
             if not self._is_network and first_pts is not None:
                 self._check_complete(stream, container, timestamp - offset, interval)
         except av.error.FFmpegError as exc:
