@@ -6,14 +6,15 @@ import json
 import math
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import yaml
 
 from pipeline import cli
-from pipeline.errors import TrainingError
+from pipeline.errors import ConfigError, TrainingError
 from pipeline.fusion.store import load_model
-from training.config import TrainingConfig
+from training.config import TrainingConfig, load_training_config
 from training.evaluate import EventCounts, alerts_from_scores, average_precision, roc_auc
 from training.run import collect_segments, extract_all, run_train
 from training.train import split_by_group
@@ -70,6 +71,48 @@ def test_split_keeps_groups_apart() -> None:
 def test_split_of_one_group_is_rejected() -> None:
     with pytest.raises(TrainingError, match="one group"):
         split_by_group(["Subject 1/a.mp4", "Subject 1/b.mp4"], depth=1, fraction=0.5, seed=0)
+
+
+def test_box_track_with_a_gap_becomes_two_segments(data_dir: Path, tmp_path: Path) -> None:
+    clip = tmp_path / "ward.mp4"
+    clip.symlink_to(data_dir / "gmdcsa24_fall" / "Subject 1" / "Fall" / "14.mp4")
+    with av.open(str(clip)) as container:
+        frame_rate = float(container.streams.video[0].average_rate)
+    # One person, frames 1-10, then gone for 3 s, then frames 101-110 (MOT numbers from 1).
+    rows = [f"{frame},1,10,20,30,60,1,1,1" for frame in [*range(1, 11), *range(101, 111)]]
+    (tmp_path / "seq" / "gt").mkdir(parents=True)
+    (tmp_path / "seq" / "gt" / "gt.txt").write_text("\n".join(rows) + "\n")
+    config = TrainingConfig.model_validate(
+        {
+            "data": {
+                "root": str(tmp_path),
+                "annotations": [{"format": "mot", "path": "seq/gt/gt.txt", "video": "ward.mp4"}],
+                "label_map": {"person": "fall"},
+            },
+            "output": str(tmp_path / "models"),
+        }
+    )
+    segments, videos = collect_segments(config)
+    assert videos == ["ward.mp4"]
+    assert segments["ward.mp4"] == [
+        ("fall", 0.0, 10 / frame_rate),
+        ("fall", 100 / frame_rate, 110 / frame_rate),
+    ]
+
+
+def test_mot_source_needs_its_video(tmp_path: Path) -> None:
+    path = tmp_path / "training.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "data": {"root": str(tmp_path), "annotations": [{"format": "mot", "path": "gt.txt"}]},
+                "output": "m",
+            }
+        )
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_training_config(path)
+    assert "mot annotations need `video`" in str(caught.value)
 
 
 def tiny_config(data_dir: Path, tmp_path: Path) -> TrainingConfig:

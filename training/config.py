@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from pipeline.config import DEFAULT_LABELS, DEFAULT_NORMAL, Name, StrictModel
 from pipeline.errors import ConfigError
@@ -17,7 +17,16 @@ class AnnotationSource(StrictModel):
 
     format: Literal["events_csv", "cvat_video", "mot", "yolo"]
     path: Path = Field(description="Annotation file, relative to data.root unless absolute.")
-    video: str | None = Field(default=None, description="Video the boxes belong to (mot, yolo).")
+    video: str | None = Field(
+        default=None, description="Video file the boxes belong to, relative to data.root (mot, yolo)."
+    )
+
+    @model_validator(mode="after")
+    def _video_for_mot(self) -> Self:
+        # A MOTChallenge file names no video, and its sequence folder is not one.
+        if self.format == "mot" and self.video is None:
+            raise ValueError("mot annotations need `video`: the video file the boxes of gt.txt belong to")
+        return self
 
 
 class DataConfig(StrictModel):

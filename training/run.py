@@ -6,7 +6,7 @@ import hashlib
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,9 @@ from training.evaluate import (
 from training.train import Examples, predict, split_by_group, train
 
 logger = logging.getLogger(__name__)
+
+# A box track that is missing for longer than this becomes two segments.
+MAX_GAP_S = 1.0
 
 Segments = dict[str, list[tuple[str, float, float]]]
 """Annotated segments per video, as ``(label, start_s, end_s)``."""
@@ -59,7 +62,8 @@ def _import(source: AnnotationSource, config: TrainingConfig) -> Segments:
     elif source.format == "cvat_video":
         result = importers.import_cvat_video(path, skip_bad=skip)
     elif source.format == "mot":
-        result = importers.import_mot(path, source.video or path.parent.name, skip_bad=skip)
+        assert source.video is not None, "AnnotationSource requires video for mot"
+        result = importers.import_mot(path, source.video, skip_bad=skip)
     else:
         raise TrainingError(
             f"{source.format} annotations have no video time base, so they cannot be used for "
@@ -87,8 +91,20 @@ def _import(source: AnnotationSource, config: TrainingConfig) -> Segments:
     rates: dict[str, float] = {}
     for (video, _, label), frames in spans.items():
         rate = rates.setdefault(video, _video_fps(data.root / video))
-        segments[video].append((label, min(frames) / rate, (max(frames) + 1) / rate))
+        for first, last in frame_runs(frames, max_gap=max(1, round(MAX_GAP_S * rate))):
+            segments[video].append((label, first / rate, (last + 1) / rate))
     return segments
+
+
+def frame_runs(frames: Iterable[int], max_gap: int) -> list[tuple[int, int]]:
+    """Group frame numbers into (first, last) runs, starting a new run after a gap of more than ``max_gap`` frames."""
+    runs: list[tuple[int, int]] = []
+    for frame in sorted(set(frames)):
+        if runs and frame - runs[-1][1] <= max_gap:
+            runs[-1] = (runs[-1][0], frame)
+        else:
+            runs.append((frame, frame))
+    return runs
 
 
 def collect_segments(config: TrainingConfig) -> tuple[Segments, list[str]]:
