@@ -44,7 +44,7 @@ def main() -> int:
     import numpy as np
 
     from training.config import load_training_config
-    from training.dataset import Extractor
+    from training.dataset import Extractor, VideoWindows
     from training.evaluate import EventCounts, alerts_from_scores, format_table
     from training.run import collect_segments, extract_all, fit, score_videos
 
@@ -64,6 +64,18 @@ def main() -> int:
 
     subjects = sorted({Path(video).parts[0] for video in videos})
     rule = config.rule
+
+    def rule_alerts(video_windows: VideoWindows, scores: np.ndarray) -> list[float]:
+        return alerts_from_scores(
+            video_windows.timestamps,
+            video_windows.track_ids,
+            scores,
+            rule.threshold,
+            rule.hold_s,
+            rule.cooldown_s,
+            rule.exit_grace_s,
+        )
+
     totals = {method: EventCounts() for method in METHODS}
     intel_false = {method: 0 for method in METHODS}
     rows = []
@@ -81,22 +93,8 @@ def main() -> int:
         for video, video_windows in fold_windows.items():
             spans = [(start, end) for label, start, end in segments.get(video, []) if label == "fall"]
             alerts = {
-                "fine-tuned": alerts_from_scores(
-                    video_windows.timestamps,
-                    video_windows.track_ids,
-                    fine_scores[video][:, 0],
-                    rule.threshold,
-                    rule.hold_s,
-                    rule.cooldown_s,
-                ),
-                "zero-shot": alerts_from_scores(
-                    video_windows.timestamps,
-                    video_windows.track_ids,
-                    video_windows.zero_shot[:, 0],
-                    rule.threshold,
-                    rule.hold_s,
-                    rule.cooldown_s,
-                ),
+                "fine-tuned": rule_alerts(video_windows, fine_scores[video][:, 0]),
+                "zero-shot": rule_alerts(video_windows, video_windows.zero_shot[:, 0]),
                 "detector Fall class": video_windows.detector_alerts,
             }
             for method in METHODS:
@@ -106,27 +104,9 @@ def main() -> int:
         # The zero-shot model and the detector do not change between folds, so their
         # Intel false alerts are counted once, in the first fold.
         for name, intel_windows in intel.items():
-            intel_false["fine-tuned"] += len(
-                alerts_from_scores(
-                    intel_windows.timestamps,
-                    intel_windows.track_ids,
-                    intel_scores[name][:, 0],
-                    rule.threshold,
-                    rule.hold_s,
-                    rule.cooldown_s,
-                )
-            )
+            intel_false["fine-tuned"] += len(rule_alerts(intel_windows, intel_scores[name][:, 0]))
             if subject == subjects[0]:
-                intel_false["zero-shot"] += len(
-                    alerts_from_scores(
-                        intel_windows.timestamps,
-                        intel_windows.track_ids,
-                        intel_windows.zero_shot[:, 0],
-                        rule.threshold,
-                        rule.hold_s,
-                        rule.cooldown_s,
-                    )
-                )
+                intel_false["zero-shot"] += len(rule_alerts(intel_windows, intel_windows.zero_shot[:, 0]))
                 intel_false["detector Fall class"] += len(intel_windows.detector_alerts)
 
         for method in METHODS:

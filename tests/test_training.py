@@ -35,15 +35,28 @@ def test_average_precision_known_case() -> None:
 
 
 def test_alerts_need_hold_and_respect_cooldown() -> None:
-    times = [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 10.0, 10.5, 11.0]
-    scores = [0.9, 0.9, 0.9, 0.2, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9]
+    times = [0.5 * step for step in range(60)]
+    # High for 0-3 s, low until 20 s, high again from 20 s.
+    scores = [0.9 if t <= 3.0 or t >= 20.0 else 0.2 for t in times]
     tracks = [1] * len(times)
-    # The second run of high scores begins at 2.0, inside the cooldown.
-    # It alerts at the first window after the cooldown ends.
-    assert alerts_from_scores(times, tracks, scores, threshold=0.5, hold_s=1.0, cooldown_s=5.0) == [1.0, 10.0]
+    alerts = alerts_from_scores(
+        times, tracks, scores, threshold=0.5, hold_s=1.0, cooldown_s=5.0, exit_grace_s=3.0
+    )
+    # The event starts after the 1 s hold and ends 3 s after 3.0; the 5 s cooldown runs until
+    # 11.0, so the second high run starts an event once it has held for 1 s.
+    assert alerts == [1.0, 21.0]
+    long_cooldown = alerts_from_scores(times, tracks, scores, 0.5, 1.0, cooldown_s=20.0, exit_grace_s=3.0)
+    assert long_cooldown == [1.0, 26.0]
     # Each track has its own hold timer.
     both = alerts_from_scores([0.0, 0.0, 1.0, 1.0], [1, 2, 1, 2], [0.9, 0.1, 0.9, 0.9], 0.5, 1.0, 5.0)
     assert both == [1.0]
+
+
+def test_score_that_stays_high_is_one_alert() -> None:
+    # Someone lies still for ten minutes: the daemon keeps one event open, so one alert.
+    times = [0.5 * step for step in range(1200)]
+    alerts = alerts_from_scores(times, [1] * len(times), [0.9] * len(times), 0.5, 1.0, 30.0)
+    assert alerts == [1.0]
 
 
 def test_event_counts_known_case() -> None:

@@ -92,6 +92,9 @@ class RuleConfig(StrictModel):
     threshold: float = Field(default=0.5, gt=0, lt=1)
     hold_s: float = Field(default=1.0, ge=0)
     cooldown_s: float = Field(default=30.0, ge=0)
+    exit_grace_s: float = Field(
+        default=3.0, ge=0, description="Seconds after the score last held before the event ends."
+    )
     slack_s: float = Field(
         default=1.0,
         ge=0,

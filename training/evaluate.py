@@ -80,8 +80,14 @@ def alerts_from_scores(
     threshold: float,
     hold_s: float,
     cooldown_s: float,
+    exit_grace_s: float = 3.0,
 ) -> list[float]:
-    """Return the times at which a ``type: label`` rule would start an alert, given per-window scores."""
+    """Return the times at which a ``type: label`` rule would start an event, given per-window scores.
+
+    This follows the daemon's rule: a track's score must hold for ``hold_s`` to start
+    an event, the event lasts while the score holds and ends ``exit_grace_s`` after it
+    last held, and only then does the ``cooldown_s`` of that track begin.
+    """
     times = np.asarray(timestamps, np.float64)
     tracks = np.asarray(track_ids, np.int64)
     values = np.asarray(scores, np.float64)
@@ -91,18 +97,25 @@ def alerts_from_scores(
         rows = np.nonzero(tracks == track)[0]
         rows = rows[np.argsort(times[rows], kind="mergesort")]
         high_since: float | None = None
+        last_true: float | None = None  # set while an event is active
         quiet_until = -math.inf
         for row in rows:
             t = float(times[row])
+            if last_true is not None and t - last_true > exit_grace_s:
+                # The daemon ends the event at its first frame past the grace, and this
+                # track may have no window there, so the end is placed at the grace.
+                quiet_until = last_true + exit_grace_s + cooldown_s
+                last_true = None
             if values[row] < threshold:
                 high_since = None
                 continue
             if high_since is None:
                 high_since = t
-            if t - high_since >= hold_s and t >= quiet_until:
+            if last_true is not None:
+                last_true = t
+            elif t - high_since >= hold_s and t >= quiet_until:
                 alerts.append(t)
-                quiet_until = t + cooldown_s
-                high_since = None
+                last_true = t
     return sorted(alerts)
 
 

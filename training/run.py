@@ -219,6 +219,7 @@ def evaluate(
                     rule.threshold,
                     rule.hold_s,
                     rule.cooldown_s,
+                    rule.exit_grace_s,
                 )
                 all_targets.append(window_targets(video_windows, segments.get(video, []), labels)[:, column])
                 all_scores.append(scores[video][:, column])
