@@ -17,7 +17,7 @@ from pipeline.config import FusionConfig, parse_config
 from pipeline.detect import YoloDetector
 from pipeline.errors import ConfigError, ModelLoadError
 from pipeline.fusion.features import CUE_NAMES, Observation, TrackWindow, cue_dict
-from pipeline.fusion.model import FusionModel, FusionSpec, stack_inputs
+from pipeline.fusion.model import CUE_CLIP, FusionModel, FusionSpec, stack_inputs
 from pipeline.fusion.prompt import track_prompt
 from pipeline.fusion.scorer import FusionScorer, prepare
 from pipeline.fusion.store import load_model, save_model
@@ -185,6 +185,20 @@ def prefix_model(visual_dim: int = 8, seed: int = 0) -> FusionModel:
         for layer in (model.cue_proj, model.visual_proj, model.fused_head):
             layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * 0.05)
     return model
+
+
+def test_cue_far_outside_training_is_clipped() -> None:
+    model = prefix_model(visual_dim=0)
+    cues, _visual, texts = prepare([falling()])
+    at_clip, far_away = cues[0].copy(), cues[0].copy()
+    column = CUE_NAMES.index("dwell_log")
+    at_clip[column] = CUE_CLIP  # the model's mean is 0 and its scale 1
+    far_away[column] = 1e6
+    with torch.inference_mode():
+        clipped = model(stack_inputs([at_clip], [None], 0, "cpu")[0], texts)
+        outlier = model(stack_inputs([far_away], [None], 0, "cpu")[0], texts)
+    assert torch.isfinite(outlier).all()
+    assert torch.allclose(clipped, outlier)
 
 
 def test_prefix_batches_match_with_missing_features() -> None:

@@ -13,11 +13,12 @@ import yaml
 
 from pipeline import cli
 from pipeline.errors import ConfigError, TrainingError
+from pipeline.fusion.features import CUE_NAMES
 from pipeline.fusion.store import load_model
 from training.config import TrainingConfig, load_training_config
 from training.evaluate import EventCounts, alerts_from_scores, average_precision, roc_auc
 from training.run import collect_segments, extract_all, run_train
-from training.train import split_by_group
+from training.train import IGNORED_CUE_STD, cue_scale, split_by_group
 
 
 def test_roc_auc_known_case() -> None:
@@ -189,3 +190,17 @@ def test_tiny_training_run_publishes_loadable_model(
     assert report["videos"] == 2
     assert report[f"model {folder.name}"]["fall"]["segments"] == 1
     assert 0.0 <= report["zero-shot"]["fall"]["roc_auc"] <= 1.0
+
+
+def test_constant_and_clock_cues_are_ignored() -> None:
+    rng = np.random.default_rng(0)
+    cues = rng.normal(size=(200, len(CUE_NAMES))).astype(np.float32)
+    in_zone = CUE_NAMES.index("in_zone")
+    cues[:, in_zone] = 0.0  # no zones drawn on the training footage
+    mean, std = cue_scale(cues)
+    assert std[in_zone] == IGNORED_CUE_STD
+    assert std[CUE_NAMES.index("hour_sin")] == IGNORED_CUE_STD
+    assert std[CUE_NAMES.index("hour_cos")] == IGNORED_CUE_STD
+    varying = CUE_NAMES.index("aspect_change")
+    assert std[varying] == pytest.approx(cues[:, varying].std(), rel=1e-5)
+    assert mean[varying] == pytest.approx(cues[:, varying].mean(), abs=1e-6)

@@ -74,6 +74,29 @@ class Examples:
         return len(self.texts)
 
 
+# Cues whose spread in the training windows is below this carry no signal there.
+MIN_CUE_STD = 1e-2
+# Dividing by this maps an ignored cue to about 0, whatever value it has at inference.
+IGNORED_CUE_STD = 1e6
+# The recording time of training footage is unknown: replay stamps frames with the
+# clock at extraction, so the hour cues would teach the model when training ran.
+CLOCK_CUES = ("hour_sin", "hour_cos")
+
+
+def cue_scale(cues: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Return the mean and scale that normalise each cue; cues to ignore get a huge scale.
+
+    A cue that did not vary in training (no zones were drawn, say) or a clock cue
+    would otherwise be divided by a tiny spread, and any other value at inference
+    would swamp the model's input.
+    """
+    mean = cues.mean(axis=0).astype(np.float32)
+    std = cues.std(axis=0).astype(np.float32)
+    ignored = std < MIN_CUE_STD
+    ignored[[CUE_NAMES.index(name) for name in CLOCK_CUES]] = True
+    return mean, np.where(ignored, IGNORED_CUE_STD, std).astype(np.float32)
+
+
 def split_by_group(
     videos: Sequence[str], depth: int, fraction: float, seed: int
 ) -> tuple[list[str], list[str]]:
@@ -190,9 +213,10 @@ def train(
     model = FusionModel.build(spec, device)
 
     # Cue normalisation and class weights come from the training split only.
+    mean, std = cue_scale(train_set.cues)
     with torch.no_grad():
-        model.cue_mean.copy_(torch.from_numpy(train_set.cues.mean(axis=0)))
-        model.cue_std.copy_(torch.from_numpy(train_set.cues.std(axis=0) + 1e-3))
+        model.cue_mean.copy_(torch.from_numpy(mean))
+        model.cue_std.copy_(torch.from_numpy(std))
     positives = train_set.targets.sum(axis=0)
     negatives = len(train_set) - positives
     pos_weight = torch.from_numpy(

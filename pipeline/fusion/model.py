@@ -62,6 +62,10 @@ def resolve_encoder(reference: str) -> Path:
     return folder
 
 
+# Normalised cues are clipped to this many standard deviations of the training data.
+CUE_CLIP = 10.0
+
+
 @dataclasses.dataclass
 class FusionSpec:
     """Everything needed to rebuild a fusion model besides its weights; stored as ``config.json``."""
@@ -191,7 +195,8 @@ class FusionModel(nn.Module):
         self, cues: torch.Tensor, visual: torch.Tensor | None, visual_present: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         count, tokens = cues.shape[0], self.spec.prefix_tokens
-        normalised = (cues - self.cue_mean) / self.cue_std.clamp(min=1e-6)
+        # Clipped, so that one cue far outside what training saw cannot swamp the others.
+        normalised = ((cues - self.cue_mean) / self.cue_std.clamp(min=1e-6)).clamp(-CUE_CLIP, CUE_CLIP)
         parts = [self.cue_proj(self.dropout(normalised)).view(count, tokens, self.hidden)]
         masks = [torch.ones(count, tokens, device=cues.device, dtype=torch.long)]
         if self.spec.visual_dim:
