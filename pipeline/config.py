@@ -42,6 +42,10 @@ Point = tuple[Fraction, Fraction]
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 
 
+# URL schemes of network sources that FFmpeg reads for a camera.
+NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
+
+
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -208,9 +212,29 @@ class CameraConfig(StrictModel):
 
     @field_validator("url")
     @classmethod
-    def _url_present(cls, url: SecretStr) -> SecretStr:
-        if not url.get_secret_value().strip():
+    def _url_valid(cls, url: SecretStr) -> SecretStr:
+        # Messages name the problem and never the URL, which may contain a password.
+        text = url.get_secret_value().strip()
+        if not text:
             raise ValueError("must not be empty")
+        if "://" not in text:
+            return url  # a file path
+        try:
+            parts = urllib.parse.urlsplit(text)
+            port = parts.port
+        except ValueError as exc:
+            raise ValueError(f"invalid URL: {exc}") from None
+        scheme = parts.scheme.lower()
+        if scheme == "file":
+            return url
+        if scheme not in NETWORK_SCHEMES:
+            raise ValueError(
+                f"unsupported scheme {scheme!r}; use one of {', '.join(NETWORK_SCHEMES)} or a file path"
+            )
+        if not parts.hostname:
+            raise ValueError("invalid URL: no host name")
+        if port == 0:
+            raise ValueError("invalid URL: port 0")
         return url
 
 

@@ -57,6 +57,20 @@ CASES: list[tuple[str, Any, str, list[str]]] = [
     ("unknown camera key", edited((f"{LOBBY}.resolution", "1080p")), f"{LOBBY}.resolution", ["unknown key"]),
     ("missing url", edited((f"{LOBBY}.url", ...)), f"{LOBBY}.url", ["required", "missing"]),
     ("empty url", edited((f"{LOBBY}.url", "")), f"{LOBBY}.url", ["must not be empty"]),
+    (
+        "url with broken host",
+        edited((f"{LOBBY}.url", "rtsp://admin:hunter2pass@[127.0.0.1/s")),
+        f"{LOBBY}.url",
+        ["invalid URL", "IPv6"],
+    ),
+    ("url port out of range", edited((f"{LOBBY}.url", "rtsp://127.0.0.1:99999/s")), f"{LOBBY}.url", ["Port"]),
+    (
+        "url with unsupported scheme",
+        edited((f"{LOBBY}.url", "ftp://127.0.0.1/cam.mp4")),
+        f"{LOBBY}.url",
+        ["unsupported scheme 'ftp'", "rtsp"],
+    ),
+    ("url without host", edited((f"{LOBBY}.url", "rtsp:///lobby")), f"{LOBBY}.url", ["no host name"]),
     ("camera id with slash", renamed_camera("lobby/2"), "cameras.lobby/2", ["invalid name", "'lobby/2'"]),
     (
         "camera id with spaces",

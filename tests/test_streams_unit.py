@@ -11,8 +11,9 @@ import pytest
 
 from pipeline.batching import BatchScheduler
 from pipeline.records import Frame
-from pipeline.redact import redact_text, redact_url
+from pipeline.redact import redact_text, redact_url, url_secrets
 from pipeline.streams import ExponentialBackoff, FrameSlot, Overflow
+from pipeline.streams.reader import classify_open_error
 
 IMAGE = np.zeros((4, 4, 3), dtype=np.uint8)
 
@@ -152,10 +153,34 @@ def test_scheduler_skips_frames_the_gate_rejects() -> None:
         ("rtsp://admin@cam.local/s", "rtsp://***@cam.local/s"),
         ("rtsp://cam.local/s", "rtsp://cam.local/s"),
         ("/videos/a.mp4", "/videos/a.mp4"),
+        (
+            "http://127.0.0.1:8080/snapshot.cgi?user=admin&password=qsecret42",
+            "http://127.0.0.1:8080/snapshot.cgi?user=admin&password=***",
+        ),
+        ("rtsp://cam.local/s?Token=abc123&channel=2", "rtsp://cam.local/s?Token=***&channel=2"),
+        ("rtsp://admin:pw@[127.0.0.1/s", "rtsp://***@[127.0.0.1/s"),
     ],
 )
 def test_redact_url(url: str, expected: str) -> None:
     assert redact_url(url) == expected
+
+
+def test_url_secrets_include_query_values() -> None:
+    assert set(url_secrets("rtsp://viewer:pw1@cam/s?pwd=pw2&key=k3&channel=1")) == {
+        "viewer",
+        "pw1",
+        "pw2",
+        "k3",
+    }
+    assert url_secrets("rtsp://admin:pw@[127.0.0.1/s") == ()
+
+
+def test_open_error_hides_query_password() -> None:
+    url = "http://127.0.0.1:18181/snapshot.cgi?user=admin&password=qsecret42"
+    error = OSError(f"Server returned 401 Unauthorized: '{url}'")
+    classified = classify_open_error("door", url, error)
+    assert "qsecret42" not in str(classified)
+    assert "password=***" in str(classified)
 
 
 def test_redact_text_removes_urls_and_secrets() -> None:

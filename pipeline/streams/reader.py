@@ -28,7 +28,7 @@ import av.error
 import numpy as np
 import numpy.typing as npt
 
-from pipeline.config import CameraConfig
+from pipeline.config import NETWORK_SCHEMES, CameraConfig
 from pipeline.errors import (
     OpenFailure,
     StreamDamagedError,
@@ -38,13 +38,11 @@ from pipeline.errors import (
     StreamStalledError,
 )
 from pipeline.records import Frame
-from pipeline.redact import redact_text, redact_url
+from pipeline.redact import redact_text, redact_url, url_secrets
 from pipeline.streams.backoff import Backoff, ExponentialBackoff
 from pipeline.streams.slot import FrameSlot
 
 logger = logging.getLogger(__name__)
-
-NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
 
 
 class ReaderState(enum.Enum):
@@ -62,14 +60,9 @@ def is_network_url(url: str) -> bool:
     return urlsplit(url).scheme.lower() in NETWORK_SCHEMES
 
 
-def _secrets_of(url: str) -> tuple[str, ...]:
-    parts = urlsplit(url)
-    return tuple(secret for secret in (parts.password, parts.username) if secret)
-
-
 def classify_open_error(camera: str, url: str, exc: BaseException) -> StreamOpenError:
     """Map a PyAV or OS error raised while opening to a ``StreamOpenError`` with a reason."""
-    message = redact_text(str(exc), _secrets_of(url))
+    message = redact_text(str(exc), url_secrets(url))
     reason: OpenFailure
     if isinstance(exc, av.error.HTTPUnauthorizedError | av.error.HTTPForbiddenError):
         reason = "auth"
@@ -116,7 +109,7 @@ class StreamReader:
         )
         self._listener = listener
         self._url = config.url.get_secret_value()
-        self._secrets = _secrets_of(self._url)
+        self._secrets = url_secrets(self._url)
         self._is_network = is_network_url(self._url)
         self._stop = threading.Event()
         self._lock = threading.Lock()
