@@ -146,7 +146,7 @@ class Daemon:
         self._processor = threading.Thread(target=self._process_loop, name="processor", daemon=True)
         self._last_stats = time.monotonic()
         self.metrics_port: int | None = None
-        self.events_emitted = 0
+        self.messages_emitted = 0
 
     def _chain(self, listener: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
         def both(message: dict[str, Any]) -> None:
@@ -207,7 +207,9 @@ class Daemon:
         self.publisher.close(max(0.5, deadline - time.monotonic()))
         self.metrics.close()
         logger.info(
-            "daemon stopped: %d events, %d alerts published", self.events_emitted, self.publisher.published
+            "daemon stopped: %d alert messages produced, %d published",
+            self.messages_emitted,
+            self.publisher.published,
         )
 
     def _end_active_events(self) -> None:
@@ -313,7 +315,7 @@ class Daemon:
         described = event.with_updates(description=self.describer.describe(event), snapshot=snapshot)
         if event.state == "updated" and not self.config.alerts.publish_updates:
             return
-        self.events_emitted += 1
+        self.messages_emitted += 1
         logger.info("camera %s: event %s %s (%s)", event.camera, event.rule, event.state, event.id)
         self.publisher.submit(alert_message(described, self.config.alerts.language))
         self.metrics.alert_queue.set(len(self.publisher))

@@ -6,7 +6,9 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -39,6 +41,17 @@ def embedded_redis() -> Iterator[tuple[redis.Redis, str]]:
         yield redis.Redis(unix_socket_path=server.socket_file, socket_timeout=5), url
     finally:
         server.shutdown()
+
+
+def vigil_command() -> str:
+    """Return how to run ``vigil`` from another terminal: plain ``vigil`` when it is on PATH, else its path."""
+    script = Path(sys.executable).with_name("vigil")
+    if not script.is_file() or shutil.which("vigil") == str(script):
+        return "vigil"
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
 
 
 def format_alert(message: dict[str, Any], language: str) -> str:
@@ -99,7 +112,7 @@ def run_demo(
         print(f"Vigil demo: {len(config.cameras)} cameras from {data_dir}", file=out)
         print(f"Redis: {shown_url}", file=out)
         print("Subscribe from another terminal with:", file=out)
-        print(f"  vigil alerts --redis {shown_url}", file=out)
+        print(f"  {vigil_command()} alerts --redis {shown_url}", file=out)
         if shown_url.startswith("unix://"):
             print(
                 f"  redis-cli -s {shown_url.removeprefix('unix://')} PSUBSCRIBE '{config.redis.channel_prefix}:*'",

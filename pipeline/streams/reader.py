@@ -255,7 +255,8 @@ class StreamReader:
             raise StreamError(
                 self.camera, "no frame decoded from the file; check that it is a complete video"
             )
-        self._set_state(ReaderState.CONNECTING)
+        # A loop is not a reconnect: the camera stays streaming.
+        logger.debug("camera %s: end of file after %d frames; starting it again", self.camera, frames)
 
     def _check_complete(
         self,
