@@ -13,7 +13,7 @@ import datetime as dt
 import os
 import re
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -173,6 +173,38 @@ Rule = Annotated[
     ZoneIntrusionRule | LoiteringRule | LineCrossingRule | CrowdingRule | FallRule | LabelRule,
     Field(discriminator="type"),
 ]
+
+
+def check_rule_classes(config: VigilConfig, detected: Iterable[str]) -> None:
+    """Raise ConfigError for each rule that names a class the detector never reports.
+
+    ``detected`` is the set of class names the loaded detector keeps. A rule with an
+    unknown class would never fire, with nothing in the log to say why.
+    """
+    known = sorted(set(detected))
+    problems = []
+    for camera_id, camera in config.cameras.items():
+        for name, rule in camera.rules.items():
+            path = f"cameras.{camera_id}.rules.{name}"
+            unknown = [cls for cls in rule.classes or [] if cls not in known]
+            if unknown:
+                problems.append(
+                    (
+                        f"{path}.classes",
+                        f"{', '.join(unknown)} not among the detector's classes: {', '.join(known)}",
+                    )
+                )
+            if isinstance(rule, FallRule) and rule.source == "detector" and rule.fall_class not in known:
+                problems.append(
+                    (
+                        f"{path}.fall_class",
+                        f"{rule.fall_class!r} not among the detector's classes: {', '.join(known)}",
+                    )
+                )
+    if problems:
+        raise ConfigError("the config, checked against the detector", problems)
+
+
 RULE_TYPES = ("zone_intrusion", "loitering", "line_crossing", "crowding", "fall", "label")
 
 

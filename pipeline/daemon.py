@@ -20,7 +20,7 @@ import redis
 from pipeline import malloc
 from pipeline.alerts import AlertPublisher, SnapshotWriter, alert_message
 from pipeline.batching import BatchScheduler
-from pipeline.config import VigilConfig
+from pipeline.config import VigilConfig, check_rule_classes
 from pipeline.detect import Detector, YoloDetector
 from pipeline.detect.yolo import select_device
 from pipeline.errors import ConfigError, StreamError, StreamOpenError
@@ -96,6 +96,10 @@ class Daemon:
         self.config = config
         self.metrics = Metrics()
         self.detector: Detector = detector if detector is not None else YoloDetector(config.detector)
+        names = getattr(self.detector, "names", None)
+        if names:
+            kept = config.detector.classes or names.values()
+            check_rule_classes(config, kept)
         if scorer is None and config.fusion.enabled:
             device = select_device(config.fusion.device or config.detector.device)
             scorer = FusionScorer(config.fusion, device, getattr(self.detector, "feature_dim", 0))

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import types
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pipeline.config import load_config, parse_config
+from pipeline.config import check_rule_classes, load_config, parse_config
+from pipeline.daemon import Daemon
 from pipeline.errors import ConfigError
 
 BASE: dict[str, Any] = {
@@ -275,3 +277,26 @@ def test_mistakes_in_two_cameras_reported() -> None:
     assert f"{RULES}.passage.line" in locations
     assert "cameras.yard-cam.fps" in locations
     assert "cameras.yard-cam.rules.intruder.zone" in locations
+
+
+def test_rule_classes_checked_against_the_detector() -> None:
+    document = edited(
+        (f"{RULES}.intruder.classes", ["person", "Normal"]),
+        (f"{RULES}.fell", {"type": "fall", "source": "detector", "fall_class": "fallen"}),
+    )
+    config = parse_config(document, env={})
+    with pytest.raises(ConfigError) as caught:
+        check_rule_classes(config, ["Normal", "Fall"])
+    assert caught.value.problems == [
+        (f"{RULES}.intruder.classes", "person not among the detector's classes: Fall, Normal"),
+        (f"{RULES}.fell.fall_class", "'fallen' not among the detector's classes: Fall, Normal"),
+    ]
+    check_rule_classes(parse_config(BASE, env={}), ["Normal", "Fall"])
+
+
+def test_daemon_rejects_rule_class_the_detector_lacks(tmp_path: Path) -> None:
+    document = edited((f"{RULES}.intruder.classes", ["person"]), ("fusion", {"enabled": False}))
+    document["alerts"] = {"snapshot_dir": str(tmp_path), "spool_dir": str(tmp_path / "spool")}
+    detector = types.SimpleNamespace(names={0: "Normal", 1: "Fall"})
+    with pytest.raises(ConfigError, match="person not among the detector's classes"):
+        Daemon(parse_config(document, env={}), detector=detector)  # type: ignore[arg-type]
