@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import redis
+import yaml
 
 from pipeline import malloc
 from pipeline.errors import VigilError
@@ -42,10 +43,28 @@ def _configure_logging(level: str) -> None:
 def cmd_check_config(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
 
+    if _is_training_config(Path(args.file)):
+        from training.config import load_training_config
+
+        training = load_training_config(Path(args.file))
+        sources = len(training.data.annotations)
+        print(
+            f"{args.file}: OK (training config, {sources} annotation sources, {len(training.labels)} labels)"
+        )
+        return 0
     config = load_config(args.file)
     rules = sum(len(camera.rules) for camera in config.cameras.values())
     print(f"{args.file}: OK ({len(config.cameras)} cameras, {rules} rules)")
     return 0
+
+
+def _is_training_config(path: Path) -> bool:
+    """Tell a training config (``data:`` and no ``cameras:``) from a daemon config, without validating it."""
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False  # load_config reports the problem
+    return isinstance(document, dict) and "data" in document and "cameras" not in document
 
 
 def _training_config(args: argparse.Namespace) -> TrainingConfig:
@@ -302,7 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--quiet", action="store_true", help="no progress bars")
     evaluation.set_defaults(handler=cmd_eval)
 
-    check = commands.add_parser("check-config", help="validate a config file and print every error")
+    check = commands.add_parser(
+        "check-config", help="validate a daemon or training config file and print every error"
+    )
     check.add_argument("file")
     check.set_defaults(handler=cmd_check_config)
     return parser

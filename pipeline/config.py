@@ -547,6 +547,11 @@ def _expand_env(node: Any, path: str, env: Mapping[str, str], problems: list[tup
     return _ENV_REFERENCE.sub(substitute, node)
 
 
+def validation_problems(exc: ValidationError) -> list[tuple[str, str]]:
+    """Return pydantic's errors as ``(field path, reason)`` pairs in the words check-config uses."""
+    return [(_format_location(error["loc"]), _format_reason(error)) for error in exc.errors()]
+
+
 def _format_location(location: tuple[int | str, ...]) -> str:
     parts = [str(part) for part in location]
     # Tagged unions add the tag to the location: rules.<name>.<type>.<field>; drop it.
@@ -664,7 +669,7 @@ def parse_config(data: Any, source: str = "<config>", env: Mapping[str, str] | N
     try:
         config = VigilConfig.model_validate(expanded)
     except ValidationError as exc:
-        problems.extend((_format_location(error["loc"]), _format_reason(error)) for error in exc.errors())
+        problems.extend(validation_problems(exc))
         problems.extend(_check_raw_references(expanded))
         raise ConfigError(source, problems) from None
     problems.extend(_check_references(config))

@@ -223,6 +223,26 @@ def test_check_config_command_prints_each_error(tmp_path: Path) -> None:
     assert "secret" not in result.stderr
 
 
+def test_check_config_validates_a_training_config(tmp_path: Path) -> None:
+    def check(path: Path) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "pipeline", "check-config", str(path)]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+    shipped = check(REPO / "sample_streams" / "training" / "gmdcsa24.yaml")
+    assert shipped.returncode == 0, shipped.stderr
+    assert "OK (training config" in shipped.stdout
+    broken = tmp_path / "training.yaml"
+    broken.write_text(
+        yaml.safe_dump(
+            {"data": {"root": ".", "annotations": [{"format": "mot", "path": "gt.txt"}], "bogus": 1}}
+        )
+    )
+    result = check(broken)
+    assert result.returncode == 1
+    assert "data.bogus: unknown key" in result.stderr
+    assert "data.annotations.0: mot annotations need `video`" in result.stderr
+
+
 def test_shipped_configs_are_valid() -> None:
     env = {"VIGIL_SAMPLE_DIR": "/samples"}
     config = load_config(REPO / "sample_streams" / "demo.yaml", env=env)

@@ -8,7 +8,7 @@ from typing import Literal, Self
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from pipeline.config import DEFAULT_LABELS, DEFAULT_NORMAL, Name, StrictModel
+from pipeline.config import DEFAULT_LABELS, DEFAULT_NORMAL, Name, StrictModel, validation_problems
 from pipeline.errors import ConfigError
 
 
@@ -130,10 +130,7 @@ def load_training_config(path: Path) -> TrainingConfig:
     try:
         config = TrainingConfig.model_validate(data)
     except ValidationError as exc:
-        problems = [
-            (".".join(str(part) for part in error["loc"]), str(error["msg"])) for error in exc.errors()
-        ]
-        raise ConfigError(str(path), problems) from None
+        raise ConfigError(str(path), validation_problems(exc)) from None
 
     if config.data.root.is_absolute():
         return config
