@@ -31,6 +31,7 @@ from pydantic import (
 )
 
 from pipeline.errors import ConfigError
+from pipeline.geometry import polygon_area, polygon_crosses_itself
 
 CAMERA_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -41,6 +42,9 @@ Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 Point = tuple[Fraction, Fraction]
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 
+
+# A zone must enclose more than this fraction of the frame; less means its points lie on one line.
+MIN_ZONE_AREA = 1e-6
 
 # URL schemes of network sources that FFmpeg reads for a camera.
 NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
@@ -60,6 +64,11 @@ class ZoneConfig(StrictModel):
     def _enough_points(cls, polygon: list[Point]) -> list[Point]:
         if len(polygon) < 3:
             raise ValueError(f"needs at least 3 points, got {len(polygon)}")
+        # Crossing first: the two halves of a bow tie cancel out in the area.
+        if polygon_crosses_itself(polygon):
+            raise ValueError("edges cross each other; list the points in order around the zone")
+        if polygon_area(polygon) < MIN_ZONE_AREA:
+            raise ValueError("encloses no area: its points lie on one line or repeat")
         return polygon
 
 
@@ -678,6 +687,26 @@ def parse_config(data: Any, source: str = "<config>", env: Mapping[str, str] | N
     return config
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML loader that rejects a mapping key given twice, which plain YAML resolves silently to the last."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _value in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML like ``yaml.safe_load``, but raise ``yaml.YAMLError`` on a duplicate key."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)
+
+
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> VigilConfig:
     """Read and validate a YAML config file; relative snapshot paths stay relative to the working directory."""
     path = Path(path)
@@ -686,7 +715,7 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Vigil
     except OSError as exc:
         raise ConfigError(str(path), [("(file)", f"cannot read: {exc.strerror or exc}")]) from exc
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"

@@ -22,6 +22,34 @@ def point_in_polygon(point: Point, polygon: Sequence[Point]) -> bool:
     return inside
 
 
+def polygon_area(polygon: Sequence[Point]) -> float:
+    """Return the area enclosed by ``polygon`` (shoelace formula), whatever the order of its vertices."""
+    count = len(polygon)
+    twice = sum(
+        polygon[index][0] * polygon[(index + 1) % count][1]
+        - polygon[(index + 1) % count][0] * polygon[index][1]
+        for index in range(count)
+    )
+    return abs(twice) / 2
+
+
+def polygon_crosses_itself(polygon: Sequence[Point]) -> bool:
+    """Return True when two edges that do not share a vertex cross each other."""
+    count = len(polygon)
+    edges = [(polygon[index], polygon[(index + 1) % count]) for index in range(count)]
+    for first in range(count):
+        for second in range(first + 2, count):
+            if first == 0 and second == count - 1:
+                continue  # the first and last edges share the first vertex
+            (a1, a2), (b1, b2) = edges[first], edges[second]
+            if (
+                side_of_line(a1, b1, b2) * side_of_line(a2, b1, b2) < 0
+                and side_of_line(b1, a1, a2) * side_of_line(b2, a1, a2) < 0
+            ):
+                return True
+    return False
+
+
 def side_of_line(point: Point, start: Point, end: Point) -> float:
     """Return the cross product sign of ``point`` against the directed line ``start -> end``.
 

@@ -195,6 +195,24 @@ CASES: list[tuple[str, Any, str, list[str]]] = [
         ["environment variable MISSING", "not set"],
     ),
     (
+        "yaml duplicate key",
+        "cameras:\n  lobby:\n    url: rtsp://127.0.0.1/lobby\n    fps: 5\n    fps: 10\n",
+        "line 5, column 5",
+        ["invalid YAML", "duplicate key 'fps'"],
+    ),
+    (
+        "zone polygon crossing itself",
+        edited((f"{LOBBY}.zones.entrance.polygon", [[0, 0], [1, 1], [1, 0], [0, 1]])),
+        f"{LOBBY}.zones.entrance.polygon",
+        ["edges cross each other"],
+    ),
+    (
+        "zone polygon on one line",
+        edited((f"{LOBBY}.zones.entrance.polygon", [[0.1, 0.1], [0.5, 0.5], [0.9, 0.9]])),
+        f"{LOBBY}.zones.entrance.polygon",
+        ["encloses no area"],
+    ),
+    (
         "yaml syntax error",
         "cameras:\n  lobby:\n    url: rtsp://127.0.0.1/lobby\n     fps: 5\n",
         "line 4, column 9",

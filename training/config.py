@@ -8,7 +8,7 @@ from typing import Literal, Self
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from pipeline.config import DEFAULT_LABELS, DEFAULT_NORMAL, Name, StrictModel, validation_problems
+from pipeline.config import DEFAULT_LABELS, DEFAULT_NORMAL, Name, StrictModel, load_yaml, validation_problems
 from pipeline.errors import ConfigError
 
 
@@ -121,7 +121,7 @@ class TrainingConfig(StrictModel):
 def load_training_config(path: Path) -> TrainingConfig:
     """Read and validate a training config, resolving a relative data.root against the file's folder."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(str(path), [("(file)", f"failed to read: {exc.strerror or exc}")]) from exc
     except yaml.YAMLError as exc:
