@@ -282,7 +282,23 @@ class AlertPublisher:
             while not self._stop and (left := deadline - time.monotonic()) > 0:
                 self._condition.wait(left)
 
+    def _probe(self) -> None:
+        """Check once at start that Redis answers, so a wrong password shows before the first alert."""
+        try:
+            self.client.ping()
+        except (redis.AuthenticationError, redis.ResponseError) as exc:
+            logger.error(  # noqa: TRY400
+                "Redis rejected the connection: %s; alerts will be %s until redis.url or redis.password is fixed",
+                exc,
+                "spooled" if self.spool is not None else "queued in memory",
+            )
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            logger.warning("Redis is not reachable yet: %s; alerts wait until it answers", exc)
+        else:
+            logger.info("Redis answered; publishing alerts")
+
     def _run(self) -> None:
+        self._probe()
         failing = False
         while True:
             try:

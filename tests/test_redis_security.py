@@ -145,6 +145,20 @@ def test_auth_wrong_password_never_delivers(
     assert PASSWORD not in caplog.text
 
 
+def test_wrong_password_reported_before_any_alert(
+    auth_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = make_config({"url": auth_server.url_for(password=WRONG_PASSWORD)})
+    publisher = AlertPublisher(RedisConfig(), redis_from_config(config))
+    publisher.start()
+    deadline = time.monotonic() + 10
+    while "Redis rejected the connection" not in caplog.text and time.monotonic() < deadline:
+        time.sleep(0.05)
+    publisher.close(1)
+    assert "Redis rejected the connection" in caplog.text, "nothing logged until the first alert"
+    assert WRONG_PASSWORD not in caplog.text
+
+
 def test_auth_missing_password_rejected(auth_server: RedisServer) -> None:
     client = redis_from_config(make_config({"url": auth_server.url_for(password=None)}))
     with pytest.raises(redis.AuthenticationError):
