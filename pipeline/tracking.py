@@ -100,6 +100,9 @@ class CameraTracker:
         # Vigil numbers its own tracks: a ByteTrack id can return on another person
         # while its old track lives on under a joined id, so it is not reused as is.
         self._next_id = 1
+        # Mean seconds between the frames this tracker sees, to size ByteTrack's buffer.
+        self._interval: float | None = None
+        self._last_timestamp: float | None = None
 
     def _new_tracker(self) -> BYTETracker:
         args = types.SimpleNamespace(
@@ -126,6 +129,7 @@ class CameraTracker:
             ],
             axis=1,
         ).astype(np.float32)
+        self._follow_frame_rate(frame.timestamp)
         rows = self._tracker.update(
             _TrackerInput(xywh, detections.confidence, detections.class_id.astype(np.float32)), frame.image
         )
@@ -148,6 +152,19 @@ class CameraTracker:
         self._record(frame, tracked)
         self._evict(frame.timestamp)
         return tracked
+
+    def _follow_frame_rate(self, timestamp: float) -> None:
+        """Keep ByteTrack's lost-track buffer at ``track_buffer_s`` seconds of the frames it really gets.
+
+        The buffer is counted in frames, and the rate the tracker sees differs from the
+        camera's ``fps`` setting when that is unset or the source delivers less.
+        """
+        previous, self._last_timestamp = self._last_timestamp, timestamp
+        if previous is None or timestamp <= previous:
+            return
+        interval = timestamp - previous
+        self._interval = interval if self._interval is None else 0.9 * self._interval + 0.1 * interval
+        self._tracker.max_frames_lost = max(1, round(self.config.track_buffer_s / self._interval))
 
     def _link(
         self, raw_ids: npt.NDArray[np.int64], boxes: npt.NDArray[np.float64], now: float
@@ -237,6 +254,7 @@ class CameraTracker:
         self._tracker = self._new_tracker()
         self.tracks.clear()
         self._aliases.clear()
+        self._last_timestamp = None
 
     def live_tracks(self) -> list[Track]:
         return list(self.tracks.values())

@@ -54,6 +54,15 @@ def test_lost_tracks_are_evicted() -> None:
     assert tracker._aliases == {}
 
 
+def test_lost_track_buffer_follows_the_real_frame_rate() -> None:
+    # The camera has no fps setting, so 10 frames/s is assumed, but frames come at 30/s.
+    tracker = CameraTracker("gate", TrackingConfig(track_buffer_s=2.0), frame_rate=10)
+    assert tracker._tracker.max_frames_lost == 20
+    for step in range(60):
+        tracker.update(Frame("gate", step, step / 30, time.time(), IMAGE), detections((10, 20, 30, 80)))
+    assert tracker._tracker.max_frames_lost == 60
+
+
 def test_max_tracks_caps_state() -> None:
     tracker = CameraTracker("gate", TrackingConfig(max_tracks=3, track_buffer_s=60), frame_rate=10)
     for step in range(40):
