@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
+import typing
 import urllib.parse
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -52,6 +53,20 @@ NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt"
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, data: Any) -> Any:
+        # Pydantic reads true as 1 in a number field; in a config that is a mistake.
+        if isinstance(data, dict):
+            for key, value in data.items():
+                field = cls.model_fields.get(key) if isinstance(key, str) else None
+                if field is None or not isinstance(value, bool):
+                    continue
+                kinds = typing.get_args(field.annotation) or (field.annotation,)
+                if bool not in kinds and any(kind in (int, float) for kind in kinds):
+                    raise ValueError(f"{key}: expected a number, got {str(value).lower()}")
+        return data
 
 
 class ZoneConfig(StrictModel):

@@ -194,6 +194,13 @@ CASES: list[tuple[str, Any, str, list[str]]] = [
         "redis.url",
         ["environment variable MISSING", "not set"],
     ),
+    ("fps given as true", edited((f"{LOBBY}.fps", True)), LOBBY, ["fps: expected a number, got true"]),
+    (
+        "rule grace given as false",
+        edited((f"{RULES}.intruder.exit_grace_s", False)),
+        f"{RULES}.intruder",
+        ["exit_grace_s: expected a number, got false"],
+    ),
     (
         "yaml duplicate key",
         "cameras:\n  lobby:\n    url: rtsp://127.0.0.1/lobby\n    fps: 5\n    fps: 10\n",
