@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import shutil
 import time
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from pipeline.fusion.features import CUE_NAMES, Observation, TrackWindow, cue_di
 from pipeline.fusion.model import CUE_CLIP, FusionModel, FusionSpec, stack_inputs
 from pipeline.fusion.prompt import track_prompt
 from pipeline.fusion.scorer import FusionScorer, prepare
-from pipeline.fusion.store import load_model, save_model
+from pipeline.fusion.store import latest_version, load_model, save_model
 from pipeline.processing import Processor
 from pipeline.records import Frame
 from pipeline.replay import replay_file
@@ -273,6 +274,32 @@ def test_broken_model_folder_keeps_current(tmp_path: Path) -> None:
     assert not scorer._watcher.check()
     assert scorer.version == "20261204-100000"
     assert scorer.score([falling()])[0]["fall"] >= 0
+
+
+def test_version_copied_in_slowly_loads_once_complete(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    scorer = FusionScorer(FusionConfig(model_dir=root), device="cpu")
+    source = save_model(prefix_model(visual_dim=0), tmp_path / "elsewhere", version="20261204-120000")
+    # A copy that is not an atomic rename: the watcher polls while the weights are half written.
+    target = root / source.name
+    target.mkdir(parents=True)
+    shutil.copyfile(source / "config.json", target / "config.json")
+    weights = (source / "model.safetensors").read_bytes()
+    (target / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    assert scorer._watcher is not None
+    assert not scorer._watcher.check()
+    assert not scorer._watcher.check(), "an unchanged broken folder is not loaded again"
+    (target / "model.safetensors").write_bytes(weights)
+    assert scorer._watcher.check()
+    scorer.score([falling()])
+    assert scorer.version == "20261204-120000"
+
+
+def test_folders_that_are_not_versions_are_ignored(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    save_model(prefix_model(visual_dim=0), root, version="20261204-100000")
+    shutil.copytree(root / "20261204-100000", root / "backup")
+    assert latest_version(root) == root / "20261204-100000"
 
 
 def test_model_that_fails_to_build_is_tried_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -21,6 +21,7 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import shutil
 import threading
 from collections.abc import Sequence
@@ -36,6 +37,8 @@ from pipeline.fusion.model import FusionModel, FusionSpec, write_spec
 logger = logging.getLogger(__name__)
 
 REQUIRED_FILES = ("config.json", "model.safetensors")
+# Version folder names as new_version_name() writes them; other folders are not versions.
+VERSION_PATTERN = re.compile(r"^\d{8}-\d{6}(-\d{6})?$")
 
 
 def new_version_name(now: dt.datetime | None = None) -> str:
@@ -73,6 +76,10 @@ def save_model(
         (partial / "data.sha256").write_text(data_hash + "\n", encoding="utf-8")
     for attachment in attachments:
         shutil.copyfile(attachment, partial / attachment.name)
+    # On disk before the rename, so that a power loss cannot publish empty files.
+    for written in partial.iterdir():
+        with written.open("rb") as handle:
+            os.fsync(handle.fileno())
     os.replace(partial, final)
     return final
 
@@ -85,7 +92,7 @@ def latest_version(root: Path) -> Path | None:
         entry
         for entry in root.iterdir()
         if entry.is_dir()
-        and not entry.name.startswith(".")
+        and VERSION_PATTERN.match(entry.name)
         and all((entry / name).is_file() for name in REQUIRED_FILES)
     ]
     return max(versions, key=lambda entry: entry.name, default=None)
@@ -123,6 +130,18 @@ def load_model(folder: Path, device: str = "cpu") -> FusionModel:
     return model.to(device).eval()
 
 
+def _file_state(folder: Path) -> tuple[tuple[int, int], ...]:
+    """Return the size and modification time of each file of a version folder."""
+    state = []
+    for entry in sorted(folder.iterdir()):
+        try:
+            stat = entry.stat()
+        except OSError:
+            continue
+        state.append((stat.st_size, stat.st_mtime_ns))
+    return tuple(state)
+
+
 class ModelWatcher:
     """Background poller of a model root that loads each newer version it finds.
 
@@ -130,7 +149,8 @@ class ModelWatcher:
     loaded from ``root`` (then any version found is newer). ``take()`` returns a
     freshly loaded model once, called from the thread that uses the model, so the
     swap happens between two batches and never during one. A version that fails
-    to load is skipped until a newer one appears.
+    to load is tried again only when its files change (a copy that was still being
+    written when it was polled) or a newer version appears.
     """
 
     def __init__(self, root: Path, current: str | None, device: str, interval_s: float) -> None:
@@ -141,7 +161,8 @@ class ModelWatcher:
         self._ready: FusionModel | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._failed: set[str] = set()
+        # Version name -> size and modification time of its files when it failed.
+        self._failed: dict[str, tuple[tuple[int, int], ...]] = {}
         self._thread = threading.Thread(target=self._run, name="model-watcher", daemon=True)
 
     def start(self) -> None:
@@ -159,14 +180,16 @@ class ModelWatcher:
     def check(self) -> bool:
         """Load the newest version if it is newer than the current one; True when one was loaded."""
         folder = latest_version(self.root)
-        if folder is None or folder.name == self.current or folder.name in self._failed:
+        if folder is None or folder.name == self.current:
+            return False
+        if self._failed.get(folder.name) == _file_state(folder):
             return False
         if self.current is not None and folder.name < self.current:
             return False
         try:
             model = load_model(folder, self.device)
         except ModelLoadError as exc:
-            self._failed.add(folder.name)
+            self._failed[folder.name] = _file_state(folder)
             logger.error(  # noqa: TRY400
                 "fusion model %s not loaded, keeping %s: %s",
                 folder.name,
@@ -176,8 +199,8 @@ class ModelWatcher:
             return False
         except Exception:
             # Building the model failed (out of memory, say): loading it again at every
-            # poll would rebuild the whole encoder each time, so wait for a newer version.
-            self._failed.add(folder.name)
+            # poll would rebuild the whole encoder each time, so wait for a change.
+            self._failed[folder.name] = _file_state(folder)
             logger.exception(
                 "fusion model %s not loaded, keeping %s", folder.name, self.current or "the current model"
             )
