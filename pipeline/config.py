@@ -368,6 +368,15 @@ class VlmConfig(StrictModel):
     )
     model: str
     api_key: SecretStr | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _no_credentials_in_url(cls, url: str) -> str:
+        # The URL is logged with request errors; a secret belongs in api_key.
+        if "@" in urllib.parse.urlsplit(url).netloc:
+            raise ValueError("must not contain a user name or password; put the key in api_key")
+        return url
+
     timeout_s: float = Field(default=20.0, gt=0, le=600)
     max_tokens: int = Field(default=120, ge=8, le=4096)
     workers: int = Field(default=2, ge=1, le=64)

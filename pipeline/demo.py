@@ -20,6 +20,7 @@ import redis
 
 from pipeline.config import load_config
 from pipeline.daemon import Daemon
+from pipeline.redact import redact_url
 from pipeline.samples import ensure_samples, sample_streams_dir
 
 logger = logging.getLogger(__name__)
@@ -106,7 +107,8 @@ def run_demo(
     with contextlib.ExitStack() as stack:
         if redis_url:
             client = redis.Redis.from_url(redis_url, socket_timeout=5)
-            shown_url = redis_url
+            # The commands below are printed, so the password stays out of them.
+            shown_url = redact_url(redis_url)
         else:
             client, shown_url = stack.enter_context(embedded_redis())
         print(f"Vigil demo: {len(config.cameras)} cameras from {data_dir}", file=out)

@@ -6,6 +6,7 @@ import http.server
 import json
 import threading
 import time
+import urllib.error
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 import redis
 from events import fall_event
+from pydantic import ValidationError
 from servers import RedisServer
 
 from pipeline.config import VlmConfig, parse_config
@@ -217,3 +219,57 @@ def test_submit_after_stop_is_skipped() -> None:
     describer.stop()
     assert not describer.submit(fall_event(), None)
     assert describer.skipped == 1
+
+
+class RedirectingServer(http.server.ThreadingHTTPServer):
+    """Redirects every request to ``target`` and records the Authorization header of what it gets."""
+
+    def __init__(self, target: str = "") -> None:
+        self.target = target
+        self.seen_auth: list[str | None] = []
+        super().__init__(("127.0.0.1", 0), _RedirectHandler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+
+class _RedirectHandler(http.server.BaseHTTPRequestHandler):
+    server: RedirectingServer
+
+    def _answer(self) -> None:
+        self.server.seen_auth.append(self.headers.get("Authorization"))
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(302 if self.server.target else 404)
+        if self.server.target:
+            self.send_header("Location", self.server.target + "/chat/completions")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_api_key_is_not_sent_to_a_redirect_target() -> None:
+    target = RedirectingServer()
+    redirector = RedirectingServer(target.url)
+    for server in (target, redirector):
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        config = VlmConfig(url=redirector.url, model="llava", api_key="sk-local-secret")
+        describer = VlmDescriber(config, lambda event, texts: None)
+        with pytest.raises(urllib.error.HTTPError, match="302"):
+            describer.describe(fall_event(), None)
+    finally:
+        for server in (target, redirector):
+            server.shutdown()
+            server.server_close()
+    assert redirector.seen_auth == ["Bearer sk-local-secret"]
+    assert target.seen_auth == [], "the request and its key went on to another server"
+
+
+def test_vlm_url_with_credentials_rejected() -> None:
+    with pytest.raises(ValidationError, match="put the key in api_key"):
+        VlmConfig(url="http://user:hunter2@127.0.0.1:11434/v1", model="llava")

@@ -77,6 +77,17 @@ def parse_reply(content: str) -> dict[str, str]:
     return texts
 
 
+# A chat completion of a few sentences is a few kilobytes; more is not a reply to use.
+MAX_REPLY_BYTES = 1_000_000
+
+
+class _RejectRedirect(urllib.request.HTTPRedirectHandler):
+    """Turn a redirect into an HTTPError instead of following it."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
 class VlmDescriber:
     """Pool of worker threads that ask the endpoint about each submitted event and hand the text back.
 
@@ -98,6 +109,8 @@ class VlmDescriber:
         self.answered = 0
         self.failed = 0
         self.skipped = 0
+        # No redirects: urllib would send the Authorization header on to the new host.
+        self._opener = urllib.request.build_opener(_RejectRedirect())
 
     def start(self) -> None:
         for thread in self._threads:
@@ -226,8 +239,11 @@ class VlmDescriber:
         request = urllib.request.Request(
             self.config.url.rstrip("/") + "/chat/completions", data=body, headers=headers, method="POST"
         )
-        with urllib.request.urlopen(request, timeout=self.config.timeout_s) as response:
-            reply = json.loads(response.read().decode("utf-8"))
+        with self._opener.open(request, timeout=self.config.timeout_s) as response:
+            raw = response.read(MAX_REPLY_BYTES + 1)
+        if len(raw) > MAX_REPLY_BYTES:
+            raise ValueError(f"invalid reply: larger than {MAX_REPLY_BYTES} bytes")
+        reply = json.loads(raw.decode("utf-8"))
         content = reply["choices"][0]["message"]["content"]
         if not isinstance(content, str):
             raise TypeError(f"invalid reply: message content is {type(content).__name__}, expected text")
