@@ -9,6 +9,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from pipeline import cli
@@ -18,7 +19,7 @@ from pipeline.fusion.store import load_model
 from training.config import TrainingConfig, load_training_config
 from training.evaluate import EventCounts, alerts_from_scores, average_precision, roc_auc
 from training.run import collect_segments, extract_all, run_train
-from training.train import IGNORED_CUE_STD, cue_scale, split_by_group
+from training.train import IGNORED_CUE_STD, Examples, cue_scale, split_by_group, train
 
 
 def test_roc_auc_known_case() -> None:
@@ -204,3 +205,48 @@ def test_constant_and_clock_cues_are_ignored() -> None:
     varying = CUE_NAMES.index("aspect_change")
     assert std[varying] == pytest.approx(cues[:, varying].std(), rel=1e-5)
     assert mean[varying] == pytest.approx(cues[:, varying].mean(), abs=1e-6)
+
+
+def synthetic_examples(count: int, seed: int) -> Examples:
+    rng = np.random.default_rng(seed)
+    targets = (rng.random((count, 1)) < 0.3).astype(np.float32)
+    cues = rng.normal(size=(count, len(CUE_NAMES))).astype(np.float32)
+    cues[:, CUE_NAMES.index("aspect_change")] += 2 * targets[:, 0]
+    texts = ["a person suddenly falls down" if target else "a person walks" for target in targets[:, 0]]
+    return Examples(cues, np.zeros((count, 0), np.float32), np.zeros(count, bool), texts, targets)
+
+
+def small_config(tmp_path: Path, **train: object) -> TrainingConfig:
+    settings = {"epochs": 3, "batch_size": 8, "patience": 10, **train}
+    return TrainingConfig.model_validate(
+        {
+            "data": {"root": str(tmp_path), "annotations": [{"format": "events_csv", "path": "e.csv"}]},
+            "train": settings,
+            "output": str(tmp_path / "models"),
+        }
+    )
+
+
+def test_resumed_training_matches_an_uninterrupted_one(tmp_path: Path) -> None:
+    train_set, validation_set = synthetic_examples(24, 1), synthetic_examples(8, 2)
+    whole, _ = train(small_config(tmp_path), train_set, validation_set, 0, progress=False)
+
+    checkpoint = tmp_path / "last.pt"
+    train(small_config(tmp_path, epochs=2), train_set, validation_set, 0, checkpoint, progress=False)
+    assert checkpoint.is_file()
+    assert not checkpoint.with_name("last.pt.partial").exists()
+    resumed, history = train(small_config(tmp_path), train_set, validation_set, 0, checkpoint, progress=False)
+    assert len(history["train_loss"]) == 3
+    for name, tensor in whole.trainable_state().items():
+        assert torch.equal(tensor, resumed.trainable_state()[name]), name
+
+
+def test_resume_rejects_other_settings_and_broken_checkpoints(tmp_path: Path) -> None:
+    train_set, validation_set = synthetic_examples(16, 1), synthetic_examples(8, 2)
+    checkpoint = tmp_path / "last.pt"
+    train(small_config(tmp_path, epochs=1), train_set, validation_set, 0, checkpoint, progress=False)
+    with pytest.raises(TrainingError, match="other training settings"):
+        train(small_config(tmp_path, lr=0.01), train_set, validation_set, 0, checkpoint, progress=False)
+    checkpoint.write_bytes(checkpoint.read_bytes()[:100])
+    with pytest.raises(TrainingError, match="cannot be read"):
+        train(small_config(tmp_path), train_set, validation_set, 0, checkpoint, progress=False)

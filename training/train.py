@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import logging
 import math
+import os
+import pickle
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -229,13 +232,35 @@ def train(
     history: dict[str, Any] = {"train_loss": [], "validation_loss": [], "best_epoch": 0}
     best_loss, best_state, start_epoch = math.inf, copy.deepcopy(model.trainable_state()), 0
 
+    # What the checkpoint must match to be resumed: the settings (the number of epochs may
+    # grow, to train longer), the labels and the sizes of the two sets.
+    fingerprint = json.dumps(
+        [
+            settings.model_dump(mode="json", exclude={"epochs"}),
+            sorted(config.labels),
+            len(train_set),
+            len(validation_set),
+        ]
+    )
     if checkpoint is not None and checkpoint.is_file():
-        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        try:
+            state = torch.load(checkpoint, map_location=device, weights_only=True)
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+            raise TrainingError(
+                f"checkpoint {checkpoint} cannot be read ({exc}); remove it to train from the start"
+            ) from exc
+        if state.get("fingerprint") != fingerprint:
+            raise TrainingError(
+                f"checkpoint {checkpoint} was written with other training settings, labels or data; "
+                "remove it to train from the start, or resume with the settings it was written with"
+            )
         model.load_state_dict(state["model"], strict=False)
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"].cpu())
         history, best_loss, best_state = state["history"], state["best_loss"], state["best_state"]
-        start_epoch = state["epoch"] + 1
+        # A run that stopped early is finished: resuming trains no further epoch.
+        start_epoch = settings.epochs if state["finished"] else state["epoch"] + 1
         logger.info("resuming from %s at epoch %d", checkpoint, start_epoch + 1)
 
     # Epochs since the best validation loss, counted again after a resume.
@@ -271,18 +296,24 @@ def train(
 
         if checkpoint is not None:
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            partial = checkpoint.with_name(checkpoint.name + ".partial")
             torch.save(
                 {
                     "epoch": epoch,
+                    "finished": stale >= settings.patience,
+                    "fingerprint": fingerprint,
                     "model": model.trainable_state(),
                     "optimizer": optimizer.state_dict(),
                     "generator": generator.get_state(),
+                    "torch_rng": torch.get_rng_state(),
                     "history": history,
                     "best_loss": best_loss,
                     "best_state": best_state,
                 },
-                checkpoint,
+                partial,
             )
+            # Renamed whole, so a run killed while writing leaves the previous checkpoint.
+            os.replace(partial, checkpoint)
         if stale >= settings.patience:
             logger.info(
                 "stopping early after epoch %d: no better validation loss for %d epochs", epoch + 1, stale
