@@ -16,7 +16,8 @@ from pipeline import cli
 from pipeline.errors import ConfigError, TrainingError
 from pipeline.fusion.features import CUE_NAMES
 from pipeline.fusion.store import load_model
-from training.config import TrainingConfig, load_training_config
+from training.config import ExtractConfig, TrainingConfig, load_training_config
+from training.dataset import Extractor, cache_key, model_identity
 from training.evaluate import EventCounts, alerts_from_scores, average_precision, roc_auc
 from training.run import collect_segments, extract_all, run_train
 from training.train import IGNORED_CUE_STD, Examples, cue_scale, split_by_group, train
@@ -250,3 +251,20 @@ def test_resume_rejects_other_settings_and_broken_checkpoints(tmp_path: Path) ->
     checkpoint.write_bytes(checkpoint.read_bytes()[:100])
     with pytest.raises(TrainingError, match="cannot be read"):
         train(small_config(tmp_path), train_set, validation_set, 0, checkpoint, progress=False)
+
+
+def test_cache_key_follows_the_model_files_and_device(tmp_path: Path) -> None:
+    weights = tmp_path / "detector.pt"
+    weights.write_bytes(b"first training run")
+    config = small_config(tmp_path).model_copy(
+        update={"extract": ExtractConfig(weights=str(weights), cache_dir=tmp_path / "cache")}
+    )
+    extractor = Extractor(config)
+    first = model_identity(extractor.vigil)
+    assert first["device"] == "cpu"
+    assert first["half"] is False
+    weights.write_bytes(b"retrained in place")
+    second = model_identity(extractor.vigil)
+    assert first["weights"] != second["weights"]
+    assert cache_key("video", config, first) != cache_key("video", config, second)
+    assert cache_key("video", config, {**first, "half": True}) != cache_key("video", config, first)

@@ -17,15 +17,17 @@ import dataclasses
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
 from pipeline.config import VigilConfig, parse_config
+from pipeline.detect.weights import resolve_weights
+from pipeline.detect.yolo import select_device
 from pipeline.fusion.features import CUE_NAMES, TrackWindow
-from pipeline.fusion.model import stack_visual
+from pipeline.fusion.model import resolve_encoder, stack_visual
 from pipeline.fusion.scorer import FusionScorer, prepare
 from pipeline.processing import Processor
 from pipeline.replay import replay_file
@@ -103,8 +105,12 @@ def extractor_config(config: TrainingConfig) -> VigilConfig:
     )
 
 
-def cache_key(video_hash: str, config: TrainingConfig) -> str:
-    """Derive the cache file name from the video's hash and every setting that changes its windows."""
+def cache_key(video_hash: str, config: TrainingConfig, models: Mapping[str, object] | None = None) -> str:
+    """Derive the cache file name from the video's hash and every setting that changes its windows.
+
+    ``models`` identifies the model files in use and the device (see ``model_identity``),
+    so retrained weights, an upgraded package or a GPU run do not reuse old windows.
+    """
     settings = {
         "format": CACHE_FORMAT,
         "video": video_hash,
@@ -113,8 +119,26 @@ def cache_key(video_hash: str, config: TrainingConfig) -> str:
         "labels": config.labels,
         "normal": config.normal,
         "encoder": config.encoder,
+        "models": dict(models or {}),
     }
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def model_identity(vigil: VigilConfig) -> dict[str, object]:
+    """Return the content hashes of the detector and encoder files and the device, without loading them.
+
+    The hashes change when a model is retrained in place or its package is upgraded.
+    """
+    weights = Path(resolve_weights(vigil.detector.weights))
+    encoder = resolve_encoder(vigil.fusion.encoder)
+    device = select_device(vigil.detector.device)
+    half = vigil.detector.half if vigil.detector.half is not None else device.startswith("cuda")
+    return {
+        "weights": file_sha256(weights) if weights.is_file() else str(weights),
+        "encoder": {entry.name: file_sha256(entry) for entry in sorted(encoder.iterdir()) if entry.is_file()},
+        "device": device.split(":")[0],
+        "half": half,
+    }
 
 
 class Extractor:
@@ -130,6 +154,7 @@ class Extractor:
         self.cache_dir = config.extract.cache_dir
         self.hits = 0
         self.misses = 0
+        self._models: dict[str, object] | None = None
 
     def _ensure_processor(self) -> Processor:
         if self._processor is None:
@@ -145,7 +170,9 @@ class Extractor:
         path = root / video
         if not path.is_file():
             raise FileNotFoundError(f"video not found: {path}")
-        key = cache_key(file_sha256(path), self.config)
+        if self._models is None:
+            self._models = model_identity(self.vigil)
+        key = cache_key(file_sha256(path), self.config, self._models)
         cached = self.cache_dir / f"{key}.npz"
 
         if cached.is_file():
