@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import http.client
 import logging
 import os
 import shutil
@@ -63,7 +64,7 @@ def _download(clip: SampleClip, target: Path) -> None:
         try:
             with urllib.request.urlopen(clip.url, timeout=DOWNLOAD_TIMEOUT_S) as response:
                 shutil.copyfileobj(response, partial)
-        except OSError as exc:
+        except (OSError, http.client.HTTPException) as exc:
             Path(partial.name).unlink(missing_ok=True)
             raise SampleDataError(
                 f"{clip.file} is missing and downloading it from {clip.url} failed: {exc}; "

@@ -17,7 +17,7 @@ from pipeline.errors import ConfigError, TrainingError
 from pipeline.fusion.features import CUE_NAMES
 from pipeline.fusion.store import load_model
 from training.config import ExtractConfig, TrainingConfig, load_training_config
-from training.dataset import Extractor, cache_key, model_identity
+from training.dataset import Extractor, cache_key, file_sha256, model_identity
 from training.evaluate import EventCounts, alerts_from_scores, average_precision, roc_auc
 from training.run import collect_segments, extract_all, run_train
 from training.train import IGNORED_CUE_STD, Examples, cue_scale, split_by_group, train
@@ -268,3 +268,17 @@ def test_cache_key_follows_the_model_files_and_device(tmp_path: Path) -> None:
     assert first["weights"] != second["weights"]
     assert cache_key("video", config, first) != cache_key("video", config, second)
     assert cache_key("video", config, {**first, "half": True}) != cache_key("video", config, first)
+
+
+def test_unreadable_cache_file_is_extracted_again(data_dir: Path, tmp_path: Path) -> None:
+    config = tiny_config(data_dir, tmp_path)
+    extractor = Extractor(config)
+    root, video = config.data.root, "Subject 1/Fall/14.mp4"
+    key = cache_key(file_sha256(root / video), config, model_identity(extractor.vigil))
+    cached = config.extract.cache_dir / f"{key}.npz"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"a file cut short by a crash")
+    windows = extractor.windows(root, video)
+    assert extractor.misses == 1
+    assert len(windows) > 0
+    assert Extractor(config).windows(root, video).cues.shape == windows.cues.shape

@@ -17,6 +17,8 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -67,7 +69,8 @@ class VideoWindows:
         }
         for key in meta:
             arrays.pop(key)
-        partial = path.with_suffix(".partial.npz")
+        # One partial file per process, so two runs that share the cache never mix their writes.
+        partial = path.with_suffix(f".{os.getpid()}.partial.npz")
         np.savez_compressed(partial, meta=np.array(json.dumps(meta)), **arrays)
         partial.replace(path)
 
@@ -176,10 +179,14 @@ class Extractor:
         cached = self.cache_dir / f"{key}.npz"
 
         if cached.is_file():
-            self.hits += 1
-            found = VideoWindows.load(cached)
-            found.video = video
-            return found
+            try:
+                found = VideoWindows.load(cached)
+            except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
+                logger.warning("feature cache %s is unreadable (%s); extracting %s again", cached, exc, video)
+            else:
+                self.hits += 1
+                found.video = video
+                return found
 
         self.misses += 1
         extracted = self._extract(path, video)
