@@ -100,7 +100,7 @@ class CameraTracker:
         # Vigil numbers its own tracks: a ByteTrack id can return on another person
         # while its old track lives on under a joined id, so it is not reused as is.
         self._next_id = 1
-        # Mean seconds between the frames this tracker sees, to size ByteTrack's buffer.
+        # Mean seconds between the frames passed to this tracker, to size ByteTrack's buffer.
         self._interval: float | None = None
         self._last_timestamp: float | None = None
 
@@ -154,9 +154,9 @@ class CameraTracker:
         return tracked
 
     def _follow_frame_rate(self, timestamp: float) -> None:
-        """Keep ByteTrack's lost-track buffer at ``track_buffer_s`` seconds of the frames it really gets.
+        """Set ByteTrack's lost-track buffer to ``track_buffer_s`` seconds of the frames it receives.
 
-        The buffer is counted in frames, and the rate the tracker sees differs from the
+        The buffer is counted in frames, and the rate of frames passed to the tracker differs from the
         camera's ``fps`` setting when that is unset or the source delivers less.
         """
         previous, self._last_timestamp = self._last_timestamp, timestamp
