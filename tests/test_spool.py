@@ -276,7 +276,7 @@ def test_new_alerts_do_not_cut_the_retry_wait_short(tmp_path: Path) -> None:
     publisher = AlertPublisher(
         RedisConfig(),
         client,
-        backoff=ExponentialBackoff(initial=1.0, maximum=1.0, jitter=0.0),
+        backoff=ExponentialBackoff(initial=5.0, maximum=5.0, jitter=0.0),
         on_failure=lambda: failures.append(time.monotonic()),
         spool=Spool(tmp_path, MB),
     )
