@@ -117,7 +117,7 @@ def test_full_slot_keeps_the_reader_at_its_pace(fall_clip: Path) -> None:
     time.sleep(2.0)
     reader.stop()
     reader.join(5)
-    assert reader.frames_read >= 15
+    assert reader.frames_read >= 10, "the reader stalled on the full slot"
     assert slot.dropped == reader.frames_read - 2
     last = reader.frames_read
     newest = [slot.take(), slot.take()]
