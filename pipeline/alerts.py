@@ -245,7 +245,8 @@ class AlertPublisher:
         for message in moving:
             try:
                 self.spool.append(message)
-            except (SpoolFullError, OSError) as exc:
+            except (SpoolFullError, OSError, ValueError) as exc:
+                # ValueError: the spool file was closed after a failed write.
                 self._drop(message, str(exc))
 
     def _send(self, message: dict[str, Any]) -> None:
@@ -292,7 +293,8 @@ class AlertPublisher:
                 exc,
                 "spooled" if self.spool is not None else "queued in memory",
             )
-        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        except (redis.RedisError, OSError) as exc:
+            # Not reachable, or something other than Redis answers on that port.
             logger.warning("Redis is not reachable yet: %s; alerts wait until it answers", exc)
         else:
             logger.info("Redis answered; publishing alerts")

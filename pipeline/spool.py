@@ -15,6 +15,7 @@ a lock inside makes one ``Spool`` safe to use from several threads.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -30,6 +31,8 @@ logger = logging.getLogger(__name__)
 DATA_FILE = "spool.jsonl"
 OFFSET_FILE = "spool.offset"
 LOCK_FILE = "lock"
+# Fields the publisher reads from every message.
+REQUIRED_KEYS = ("message_id", "event_id", "state", "camera")
 
 
 class SpoolError(VigilError):
@@ -38,6 +41,15 @@ class SpoolError(VigilError):
 
 class SpoolFullError(SpoolError):
     """Appending would grow the spool past its size limit."""
+
+
+def _alert_message(line: bytes) -> dict[str, Any]:
+    """Parse one spool line; raise ValueError or TypeError when it is not an alert message."""
+    message = dict(json.loads(line))
+    missing = [key for key in REQUIRED_KEYS if key not in message]
+    if missing:
+        raise ValueError(f"not an alert message: no {', '.join(missing)}")
+    return message
 
 
 class Spool:
@@ -148,8 +160,10 @@ class Spool:
             self._pending += 1
 
     def _truncate_to(self, end: int) -> None:
-        # Reopening drops whatever the failed write left in the file object's buffer.
-        self._data.close()
+        # Reopening drops whatever the failed write left in the file object's buffer; closing
+        # may fail again while flushing that buffer, and the file is reopened anyway.
+        with contextlib.suppress(OSError):
+            self._data.close()
         self._data = self._data_path.open("a+b")
         self._data.truncate(end)
 
@@ -175,7 +189,7 @@ class Spool:
                     self._offset += len(line)
                     continue
                 try:
-                    return dict(json.loads(line))
+                    return _alert_message(line)
                 except (ValueError, TypeError) as exc:
                     logger.error(  # noqa: TRY400
                         "alert spool %s: skipped an invalid JSON line at offset %d: %s",

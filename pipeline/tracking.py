@@ -14,6 +14,9 @@ from ultralytics.trackers.byte_tracker import BYTETracker
 from pipeline.config import TrackingConfig
 from pipeline.records import Detections, Frame
 
+# Longer gaps between tracked frames are the motion gate skipping an idle scene, not the frame rate.
+MAX_FRAME_INTERVAL_S = 1.0
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class TrackPoint:
@@ -163,6 +166,8 @@ class CameraTracker:
         if previous is None or timestamp <= previous:
             return
         interval = timestamp - previous
+        if interval > MAX_FRAME_INTERVAL_S:
+            return  # the motion gate let an idle scene through once every few seconds
         self._interval = interval if self._interval is None else 0.9 * self._interval + 0.1 * interval
         self._tracker.max_frames_lost = max(1, round(self.config.track_buffer_s / self._interval))
 

@@ -202,6 +202,13 @@ CASES: list[tuple[str, Any, str, list[str]]] = [
         ["exit_grace_s: expected a number, got false"],
     ),
     (
+        "zone point given as true",
+        edited((f"{LOBBY}.zones.entrance.polygon", [[True, 0.5], [1.0, 0.5], [1.0, 1.0]])),
+        f"{LOBBY}.zones.entrance.polygon.0.0",
+        ["expected a number, got true"],
+    ),
+    ("yaml list as key", "cameras:\n  ? [a, b]\n  : 1\n", "line 2, column 5", ["unhashable key"]),
+    (
         "yaml duplicate key",
         "cameras:\n  lobby:\n    url: rtsp://127.0.0.1/lobby\n    fps: 5\n    fps: 10\n",
         "line 5, column 5",
@@ -325,3 +332,19 @@ def test_daemon_rejects_rule_class_the_detector_lacks(tmp_path: Path) -> None:
     detector = types.SimpleNamespace(names={0: "Normal", 1: "Fall"})
     with pytest.raises(ConfigError, match="person not among the detector's classes"):
         Daemon(parse_config(document, env={}), detector=detector)  # type: ignore[arg-type]
+
+
+def test_yaml_merge_keys_may_be_overridden(tmp_path: Path) -> None:
+    path = tmp_path / "vigil.yaml"
+    path.write_text(
+        "cameras:\n"
+        "  lobby: &camera\n"
+        "    url: rtsp://127.0.0.1:8554/lobby\n"
+        "    fps: 5\n"
+        "  hall:\n"
+        "    <<: *camera\n"
+        "    fps: 10\n"
+    )
+    config = load_config(path, env={})
+    assert config.cameras["lobby"].fps == 5
+    assert config.cameras["hall"].fps == 10

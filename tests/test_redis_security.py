@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import logging
 import subprocess
@@ -22,6 +23,7 @@ from pipeline.config import RedisConfig, VigilConfig, parse_config
 from pipeline.daemon import redis_from_config
 from pipeline.errors import ConfigError
 from pipeline.records import Event
+from pipeline.spool import Spool
 
 # Distinctive, so that a search of the log text cannot match anything else.
 PASSWORD = "vigil-test-pw-7f3a"
@@ -372,3 +374,21 @@ def test_alerts_client_error_hides_password() -> None:
         alerts_client(args)
     assert caught.value.problems[0][0] == "--redis"
     assert PASSWORD not in str(caught.value)
+
+
+def test_publisher_survives_a_server_that_is_not_redis(tmp_path: Path) -> None:
+    # An HTTP server where Redis was expected: the start-up ping gets an answer it cannot parse.
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = redis.Redis(host="127.0.0.1", port=server.server_address[1], socket_timeout=2)
+        publisher = AlertPublisher(RedisConfig(), client, spool=Spool(tmp_path, 1 << 20))
+        publisher.start()
+        time.sleep(1.0)
+        assert publisher._thread.is_alive(), "the publisher thread ended at start"
+        publisher.submit(make_message("kept"))
+        assert not publisher.close(3)
+        assert publisher.spooled == 1
+    finally:
+        server.shutdown()
+        server.server_close()

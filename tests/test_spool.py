@@ -107,9 +107,10 @@ def test_invalid_line_is_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixtur
     spool.close()
     with (tmp_path / "spool.jsonl").open("ab") as handle:
         handle.write(b"not json at all\n")
+        handle.write(b'{"n": 1}\n')  # valid JSON, but not an alert message
     reopened = Spool(tmp_path, MB)
     reopened.append(message(2))
-    assert len(reopened) == 3
+    assert len(reopened) == 4
 
     seen = []
     while (item := reopened.peek()) is not None:
@@ -288,3 +289,31 @@ def test_new_alerts_do_not_cut_the_retry_wait_short(tmp_path: Path) -> None:
     assert len(failures) == 1, "each new alert started another attempt during the retry wait"
     assert not publisher.close(timeout=2)
     assert publisher.spooled == 20
+
+
+def test_failing_flush_leaves_the_spool_usable(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, MB)
+    spool.append(message(0))
+    healthy = spool._data
+
+    class FullDisk:
+        """Stands in for the data file while the disk is full: every write and flush fails."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(healthy, name)
+
+        def write(self, data: bytes) -> int:
+            raise OSError(28, "No space left on device")
+
+        def close(self) -> None:
+            raise OSError(28, "No space left on device")
+
+    spool._data = FullDisk()  # type: ignore[assignment]
+    with pytest.raises(OSError, match="No space left"):
+        spool.append(message(1))
+    spool.append(message(2))
+    seen = []
+    while (item := spool.peek()) is not None:
+        seen.append(item["n"])
+        spool.pop()
+    assert seen == [0, 2]

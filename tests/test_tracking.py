@@ -61,6 +61,11 @@ def test_lost_track_buffer_follows_the_real_frame_rate() -> None:
     for step in range(60):
         tracker.update(Frame("gate", step, step / 30, time.time(), IMAGE), detections((10, 20, 30, 80)))
     assert tracker._tracker.max_frames_lost == 60
+    # An idle scene passes the motion gate once every 2 s: those gaps are not the frame rate.
+    for step in range(60, 70):
+        t = 2.0 + 2.0 * (step - 60)
+        tracker.update(Frame("gate", step, t, time.time(), IMAGE), detections((10, 20, 30, 80)))
+    assert tracker._tracker.max_frames_lost == 60
 
 
 def test_max_tracks_caps_state() -> None:

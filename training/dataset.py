@@ -181,7 +181,7 @@ class Extractor:
         if cached.is_file():
             try:
                 found = VideoWindows.load(cached)
-            except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
+            except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
                 logger.warning("feature cache %s is unreadable (%s); extracting %s again", cached, exc, video)
             else:
                 self.hits += 1

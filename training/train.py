@@ -237,7 +237,9 @@ def train(
     fingerprint = json.dumps(
         [
             settings.model_dump(mode="json", exclude={"epochs"}),
-            sorted(config.labels),
+            config.labels,
+            config.normal,
+            config.encoder,
             len(train_set),
             len(validation_set),
         ]
