@@ -33,6 +33,15 @@ def message(index: int, camera: str = "gate") -> dict[str, Any]:
     }
 
 
+def drain(spool: Spool) -> list[int]:
+    """Deliver every spooled message, oldest first, and return their ``n`` fields."""
+    seen = []
+    while (item := spool.peek()) is not None:
+        seen.append(item["n"])
+        spool.pop()
+    return seen
+
+
 def test_spool_keeps_order_across_reopen(tmp_path: Path) -> None:
     spool = Spool(tmp_path, MB)
     for index in range(5):
@@ -44,11 +53,7 @@ def test_spool_keeps_order_across_reopen(tmp_path: Path) -> None:
 
     reopened = Spool(tmp_path, MB)
     assert len(reopened) == 3
-    seen = []
-    while (item := reopened.peek()) is not None:
-        seen.append(item["n"])
-        reopened.pop()
-    assert seen == [2, 3, 4]
+    assert drain(reopened) == [2, 3, 4]
     assert len(reopened) == 0
     assert reopened.size_bytes == 0
 
@@ -112,11 +117,7 @@ def test_invalid_line_is_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixtur
     reopened.append(message(2))
     assert len(reopened) == 4
 
-    seen = []
-    while (item := reopened.peek()) is not None:
-        seen.append(item["n"])
-        reopened.pop()
-    assert seen == [0, 2]
+    assert drain(reopened) == [0, 2]
     assert "skipped an invalid JSON line" in caplog.text
     assert len(reopened) == 0
 
@@ -136,11 +137,7 @@ def test_failed_append_leaves_no_partial_line(tmp_path: Path, monkeypatch: pytes
     assert (tmp_path / "spool.jsonl").stat().st_size == size
     assert len(spool) == 1
     spool.append(message(2))
-    seen = []
-    while (item := spool.peek()) is not None:
-        seen.append(item["n"])
-        spool.pop()
-    assert seen == [0, 2]
+    assert drain(spool) == [0, 2]
 
 
 def stream_messages(client: redis.Redis) -> list[dict[str, Any]]:
@@ -312,8 +309,4 @@ def test_failing_flush_leaves_the_spool_usable(tmp_path: Path) -> None:
     with pytest.raises(OSError, match="No space left"):
         spool.append(message(1))
     spool.append(message(2))
-    seen = []
-    while (item := spool.peek()) is not None:
-        seen.append(item["n"])
-        spool.pop()
-    assert seen == [0, 2]
+    assert drain(spool) == [0, 2]
