@@ -98,8 +98,8 @@ class Daemon:
         self.detector: Detector = detector if detector is not None else YoloDetector(config.detector)
         names = getattr(self.detector, "names", None)
         if names:
-            kept = config.detector.classes or names.values()
-            check_rule_classes(config, kept)
+            # A detector.classes filter leaves the rules only the classes it names.
+            check_rule_classes(config, config.detector.classes or names.values())
         if scorer is None and config.fusion.enabled:
             device = select_device(config.fusion.device or config.detector.device)
             scorer = FusionScorer(config.fusion, device, getattr(self.detector, "feature_dim", 0))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import threading
 import time
@@ -66,6 +67,20 @@ def test_slot_drops_oldest_and_counts() -> None:
     assert len(slot) == 2
     taken = [slot.take(), slot.take(), slot.take()]
     assert [f.seq if f else None for f in taken] == [2, 3, None]
+
+
+def test_slot_keeps_the_restart_mark_of_a_dropped_frame() -> None:
+    slot = FrameSlot(capacity=2)
+    slot.put(dataclasses.replace(frame("a", 1), restarted=True))
+    slot.put(frame("a", 2))
+    slot.put(frame("a", 3))
+    first = slot.take()
+    assert first is not None
+    assert first.seq == 2
+    assert first.restarted
+    second = slot.take()
+    assert second is not None
+    assert not second.restarted
 
 
 def test_slot_stays_bounded_under_load() -> None:

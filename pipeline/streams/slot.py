@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import enum
 import threading
 
@@ -55,9 +56,14 @@ class FrameSlot:
                 if not self._condition.wait_for(lambda: len(self._frames) < self.capacity, timeout):
                     return False
                 full = False
+            dropped_restart = False
             if full:
                 self.dropped += 1
+                dropped_restart = self._frames[0].restarted
             self._frames.append(frame)
+            if dropped_restart and not self._frames[0].restarted:
+                # The dropped frame began a new stream, so the frame now first in line marks it.
+                self._frames[0] = dataclasses.replace(self._frames[0], restarted=True)
         if self._wake is not None:
             self._wake.set()
         return True
