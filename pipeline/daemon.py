@@ -236,10 +236,6 @@ class Daemon:
         runtime = self.cameras[frame.camera]
         runtime.processed += 1
         self.metrics.frames_processed.labels(camera=frame.camera).inc()
-        if frame.restarted:
-            # After a reconnect or a file loop, the tracks from before are no longer valid.
-            for event in self.processor.restart(frame):
-                self._emit(event, frame)
         return self.processor.admit(frame)
 
     def _process_loop(self) -> None:

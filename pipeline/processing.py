@@ -95,7 +95,7 @@ class Processor:
         self.cameras[camera_id] = pipeline
         return pipeline
 
-    def restart(self, frame: Frame) -> list[Event]:
+    def _restart(self, frame: Frame) -> list[Event]:
         """Start the frame's camera afresh: end its active events and forget its tracks."""
         pipeline = self.cameras[frame.camera]
         ended = pipeline.rules.end_all(frame.captured_at)
@@ -105,9 +105,13 @@ class Processor:
         return ended
 
     def admit(self, frame: Frame) -> bool:
-        """Feed the frame to its camera's motion gate; True when the detector should see it."""
+        """Feed the frame to its camera's motion gate; True when the detector should see it.
+
+        A restarted frame always passes, because processing it resets the camera.
+        """
         pipeline = self.cameras[frame.camera]
-        return pipeline.gate.should_detect(frame, has_live_tracks=bool(pipeline.tracker.tracks))
+        moving = pipeline.gate.should_detect(frame, has_live_tracks=bool(pipeline.tracker.tracks))
+        return moving or frame.restarted
 
     def process(self, batch: list[Frame]) -> BatchResult:
         """Detect, track and evaluate rules on ``batch``, then score the tracks that are due."""
@@ -118,6 +122,9 @@ class Processor:
         due: dict[tuple[str, int], tuple[Track, float]] = {}
         for frame, found in zip(batch, detections, strict=True):
             pipeline = self.cameras[frame.camera]
+            # Here, in frame order, so that an older frame of the same batch cannot follow the reset.
+            if frame.restarted:
+                result.events.extend((event, frame) for event in self._restart(frame))
             tracked = pipeline.tracker.update(frame, found)
             result.tracked.append((frame, tracked))
             live = pipeline.tracker.live_tracks()

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from pipeline.config import parse_config
 from pipeline.daemon import Daemon
 from pipeline.errors import StreamOpenError
 from pipeline.processing import BatchResult
-from pipeline.records import Event, Frame
+from pipeline.records import Detections, Event, Frame
 from pipeline.streams.reader import classify_open_error
 from pipeline.tracking import Track, TrackPoint
 
@@ -484,7 +485,12 @@ def test_restarted_stream_ends_active_events(tmp_path: Path, redis_server: Redis
     started = start_intrusion(daemon)
     daemon.publisher.start()
     frame = Frame("ward", 2, 600.0, time.time(), np.zeros((48, 64, 3), np.uint8), restarted=True)
-    daemon._admit(frame)
+    # A detector that finds nobody, so that only the restart changes the camera's state.
+    daemon.processor.detector = types.SimpleNamespace(
+        detect_batch=lambda images: [Detections.empty()] * len(images)
+    )  # type: ignore[assignment]
+    assert daemon._admit(frame), "a restarted frame must reach processing even without motion"
+    daemon._process_batch([frame])
     assert daemon.publisher.close(timeout=5)
     assert published(redis_server.url) == [(started.id, "ended")]
     assert daemon.processor.cameras["ward"].rules.active_events() == 0
