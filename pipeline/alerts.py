@@ -284,7 +284,7 @@ class AlertPublisher:
                 self._condition.wait(left)
 
     def _probe(self) -> None:
-        """Check once at start that Redis answers, so a wrong password shows before the first alert."""
+        """Ping Redis once at start, so that a wrong password is logged before the first alert."""
         try:
             self.client.ping()
         except (redis.AuthenticationError, redis.ResponseError) as exc:
@@ -294,10 +294,10 @@ class AlertPublisher:
                 "spooled" if self.spool is not None else "queued in memory",
             )
         except (redis.RedisError, OSError) as exc:
-            # Not reachable, or something other than Redis answers on that port.
-            logger.warning("Redis is not reachable yet: %s; alerts wait until it answers", exc)
+            # Not reachable, or a server other than Redis listens on that port.
+            logger.warning("Redis is not reachable yet: %s; alerts wait until it responds", exc)
         else:
-            logger.info("Redis answered; publishing alerts")
+            logger.info("Redis responded to ping; publishing alerts")
 
     def _run(self) -> None:
         self._probe()

@@ -42,7 +42,7 @@ WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun"
 
 
 def _not_bool(value: Any) -> Any:
-    # Pydantic reads true as 1.0; in a coordinate that is a mistake.
+    # Pydantic reads true as 1.0, which in a coordinate is a mistake.
     if isinstance(value, bool):
         raise ValueError(f"expected a number, got {str(value).lower()}")  # noqa: TRY004 (pydantic reports ValueError)
     return value
@@ -53,7 +53,7 @@ Point = tuple[Fraction, Fraction]
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 
 
-# A zone must enclose more than this fraction of the frame; less means its points lie on one line.
+# A zone must enclose more than this fraction of the frame. Less means its points lie on one line.
 MIN_ZONE_AREA = 1e-6
 
 # URL schemes of network sources that FFmpeg reads for a camera.
@@ -66,7 +66,7 @@ class StrictModel(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _no_bool_for_numbers(cls, data: Any) -> Any:
-        # Pydantic reads true as 1 in a number field; in a config that is a mistake.
+        # Pydantic reads true as 1 in a number field, which in a config is a mistake.
         if isinstance(data, dict):
             for key, value in data.items():
                 field = cls.model_fields.get(key) if isinstance(key, str) else None
@@ -381,7 +381,7 @@ class VlmConfig(StrictModel):
     @field_validator("url")
     @classmethod
     def _no_credentials_in_url(cls, url: str) -> str:
-        # The URL is logged with request errors; a secret belongs in api_key.
+        # The URL is logged with request errors, so a secret belongs in api_key.
         if "@" in urllib.parse.urlsplit(url).netloc:
             raise ValueError("must not contain a user name or password; put the key in api_key")
         return url

@@ -160,8 +160,8 @@ class Spool:
             self._pending += 1
 
     def _truncate_to(self, end: int) -> None:
-        # Reopening drops whatever the failed write left in the file object's buffer; closing
-        # may fail again while flushing that buffer, and the file is reopened anyway.
+        # Reopening drops whatever the failed write left in the file object's buffer.
+        # Closing may fail again while it flushes that buffer, so its error is ignored.
         with contextlib.suppress(OSError):
             self._data.close()
         self._data = self._data_path.open("a+b")

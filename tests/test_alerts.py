@@ -83,7 +83,7 @@ def test_template_descriptions(
     assert text["zh"].startswith("摄像头 gate：")
 
 
-def test_detector_fall_class_does_not_name_a_zone_intruder_fallen() -> None:
+def test_zone_alert_ignores_fall_class() -> None:
     # The fall detector's "Fall" class flickers on upright people; only the fall rule reports a fall.
     text = TemplateDescriber().describe(make_event(label="Fall"))
     assert text["en"] == "Camera gate: A person entered zone dock."

@@ -109,8 +109,8 @@ def test_realtime_file_is_paced(fall_clip: Path) -> None:
 
 
 def test_full_slot_keeps_the_reader_at_its_pace(fall_clip: Path) -> None:
-    # Nobody takes frames: the slot keeps the newest two, counts the rest as dropped,
-    # and the reader goes on at the camera's rate instead of waiting for room.
+    # No consumer takes frames, so the slot keeps the newest two and counts the rest as
+    # dropped. The reader goes on at the camera's rate instead of waiting for room.
     slot = FrameSlot(capacity=2)
     reader = StreamReader("ward", camera(fall_clip, fps=10), slot)
     reader.start()

@@ -377,7 +377,7 @@ def test_alerts_client_error_hides_password() -> None:
 
 
 def test_publisher_survives_a_server_that_is_not_redis(tmp_path: Path) -> None:
-    # An HTTP server where Redis was expected: the start-up ping gets an answer it cannot parse.
+    # An HTTP server where Redis was expected, so the start-up ping gets a reply it cannot parse.
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:

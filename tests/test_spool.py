@@ -267,7 +267,7 @@ def test_publisher_survives_a_failing_callback(tmp_path: Path, redis_server: Red
     assert [item["n"] for item in stream_messages(client)] == [0, 1, 2, 3]
 
 
-def test_new_alerts_do_not_cut_the_retry_wait_short(tmp_path: Path) -> None:
+def test_retry_wait_ignores_new_alerts(tmp_path: Path) -> None:
     # Nothing listens on this port and the client does not retry, so every attempt fails at once.
     client = redis.Redis(host="127.0.0.1", port=find_free_port(), retry=Retry(NoBackoff(), 0))
     failures = []

@@ -252,7 +252,7 @@ class _RedirectHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_api_key_is_not_sent_to_a_redirect_target() -> None:
+def test_redirect_keeps_api_key_local() -> None:
     target = RedirectingServer()
     redirector = RedirectingServer(target.url)
     for server in (target, redirector):

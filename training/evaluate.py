@@ -84,9 +84,9 @@ def alerts_from_scores(
 ) -> list[float]:
     """Return the times at which a ``type: label`` rule would start an event, given per-window scores.
 
-    This follows the daemon's rule: a track's score must hold for ``hold_s`` to start
-    an event, the event lasts while the score holds and ends ``exit_grace_s`` after it
-    last held, and only then does the ``cooldown_s`` of that track begin.
+    This follows the daemon's rule. A track's score must stay at or above ``threshold``
+    for ``hold_s`` to start an event. The event lasts while the score stays high and ends
+    ``exit_grace_s`` after that, and only then does the track's ``cooldown_s`` begin.
     """
     times = np.asarray(timestamps, np.float64)
     tracks = np.asarray(track_ids, np.int64)
